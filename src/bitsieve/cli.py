@@ -8,7 +8,6 @@ import os
 import sys
 from typing import Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -18,7 +17,7 @@ from .errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Bit-level sparsity of DNNs: profile, prune, evaluate and simulate bit-serial accelerators.")
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 170)  # pipes and files get a full-width table
 SPARK = " ▁▂▃▄▅▆▇█"
 
 
@@ -123,7 +122,7 @@ def profile(
 
 
 # Commands that live in their own modules register themselves on `app` when imported.
-from . import cli_methods, cli_accel  # noqa: E402,F401
+from . import cli_methods, cli_accel, cli_study, cli_train  # noqa: E402,F401
 
 
 def main(argv=None) -> int:
@@ -134,15 +133,17 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"bitsieve: error: {e}", file=sys.stderr)
         return 2
-    except click.exceptions.NoArgsIsHelpError as e:
-        click.echo(e.ctx.get_help())
-        return 0
-    except click.ClickException as e:
-        print(f"bitsieve: error: {e.format_message()}", file=sys.stderr)
-        return 2
-    except click.exceptions.Abort:
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.Abort:
         print("bitsieve: aborted", file=sys.stderr)
         return 130
+    except typer.TyperException as e:  # typer's own click: bad options, unknown commands
+        if type(e).__name__ == "NoArgsIsHelpError":  # typer has already printed the help
+            return 0
+        msg = e.format_message() if hasattr(e, "format_message") else str(e)
+        print(f"bitsieve: error: {' '.join(msg.split())}", file=sys.stderr)
+        return 2
     except BrokenPipeError:
         return 0
     return 0
