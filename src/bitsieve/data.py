@@ -75,14 +75,17 @@ def mnist(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     return images, labels.astype(np.int64)
 
 
-def imagenet_subset(root: str | Path | None = None, limit: int | None = None) -> Iterator[tuple[Image.Image, int]]:
+def imagenet_subset(
+    root: str | Path | None = None, limit: int | None = None
+) -> Iterator[tuple[Image.Image, int]]:
     """Yield (RGB PIL image, class index 0..999) from an ImageNet validation subset folder
     (`labels.txt` lines `images/<file>, <class>`); preprocessing is the model's job (zoo)."""
     root = Path(root) if root is not None else shared_path("imagenet-val-1300")
     labels = root / "labels.txt"
     if not labels.is_file():
         raise UserError(
-            f"ImageNet subset not found: {labels} is missing (put imagenet-val-1300 in ../shared/data or pass --data DIR)"
+            f"ImageNet subset not found: {labels} is missing "
+            "(put imagenet-val-1300 in ../shared/data or pass --data DIR)"
         )
     lines = [line.rsplit(",", 1) for line in labels.read_text().splitlines() if line.strip()]
     for file, label in lines[:limit]:

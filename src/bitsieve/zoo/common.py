@@ -34,12 +34,12 @@ def sample_photos(n: int) -> list[Image.Image]:
     """n real photos: ImageNet validation images when ../shared is there, else bundled photos."""
     root = data.shared_path("imagenet-val-1300")
     if root.is_dir():
-        return [image for image, _ in data.imagenet_subset(root, limit=n)]
-    if n > len(PHOTOS):
-        raise UserError(
-            f"only {len(PHOTOS)} bundled photos are available without ../shared/data/imagenet-val-1300 (asked for {n})"
-        )
-    return [photo(name) for name in PHOTOS[:n]]
+        images = [image for image, _ in data.imagenet_subset(root, limit=n)]
+    else:
+        images = [photo(name) for name in PHOTOS[:n]]
+    if len(images) < n:
+        raise UserError(f"only {len(images)} sample photos are available (asked for {n})")
+    return images
 
 
 def imagenet_tensor(

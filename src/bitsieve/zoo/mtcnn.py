@@ -32,7 +32,8 @@ class PNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.pool1(self.prelu1(self.conv1(x)))
         x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
-        return self.conv4_2(x), torch.softmax(self.conv4_1(x), dim=1)
+        prob = torch.softmax(self.conv4_1(x), dim=1)
+        return self.conv4_2(x), prob
 
 
 class RNet(nn.Module):
@@ -59,7 +60,8 @@ class RNet(nn.Module):
         x = self.prelu3(self.conv3(x))
         # the weights come from Caffe, which flattens (W, H, C): keep its order
         x = self.prelu4(self.dense4(x.permute(0, 3, 2, 1).flatten(1)))
-        return self.dense5_2(x), torch.softmax(self.dense5_1(x), dim=1)
+        prob = torch.softmax(self.dense5_1(x), dim=1)
+        return self.dense5_2(x), prob
 
 
 class ONet(nn.Module):
@@ -90,7 +92,8 @@ class ONet(nn.Module):
         x = self.pool3(self.prelu3(self.conv3(x)))
         x = self.prelu4(self.conv4(x))
         x = self.prelu5(self.dense5(x.permute(0, 3, 2, 1).flatten(1)))
-        return self.dense6_2(x), self.dense6_3(x), torch.softmax(self.dense6_1(x), dim=1)
+        prob = torch.softmax(self.dense6_1(x), dim=1)
+        return self.dense6_2(x), self.dense6_3(x), prob
 
 
 NETS = {"pnet": PNet, "rnet": RNet, "onet": ONet}

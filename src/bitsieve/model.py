@@ -1,0 +1,303 @@
+"""The import layer: any model (built-in name, .safetensors, .pt/.pth state dict, .onnx) becomes a
+list of Layers holding float32 weights in their original layout, plus, for built-ins, the layer
+shapes (and optionally activations) seen on a real input."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from bitsieve import zoo
+from bitsieve.errors import UserError
+from bitsieve.zoo import Builtin
+
+SUFFIXES = (".safetensors", ".pt", ".pth", ".onnx")
+CAPTURED = (nn.Conv2d, nn.Conv1d, nn.Linear)
+
+
+@dataclass
+class Layer:
+    """One weight tensor and what we know of the computation that consumes it.
+
+    For a conv, `F.conv2d(activation, weight, stride=stride, padding=padding, groups=groups)`
+    reproduces the layer's output: `activation` is the input before the conv's own `padding`,
+    but after any padding done by a separate op (e.g. TensorFlow-style SAME padding, which can
+    be asymmetric). Conv1d layers appear as convs of height 1.
+    """
+
+    name: str
+    kind: str  # 'conv' | 'linear' | 'other'
+    weight: np.ndarray  # float32; conv [O, I/groups, KH, KW], linear [O, I]
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    groups: int = 1
+    in_shape: tuple | None = None  # per-sample input shape: (C, H, W) for conv, (..., I) for linear
+    out_shape: tuple | None = None
+    activation: np.ndarray | None = None  # captured inputs, float32, [N, *in_shape]
+    nonfinite: int = 0  # NaN/Inf weights zeroed (only with allow_nonfinite)
+
+    @property
+    def macs(self) -> int | None:
+        """Multiply-accumulates per sample, from the output shape; None when unknown."""
+        if self.out_shape is None or self.kind == "other":
+            return None
+        if self.kind == "conv":
+            return math.prod(self.out_shape[1:]) * self.weight.size
+        return math.prod(self.out_shape[:-1]) * self.weight.size
+
+
+@dataclass
+class Model:
+    """Layers of one model; `module` and `builtin` are set for built-ins, which can run."""
+
+    name: str
+    layers: list[Layer]
+    module: nn.Module | None = None
+    builtin: Builtin | None = None
+
+
+def load(spec: str, *, activations: int = 0, allow_nonfinite: bool = False, include_other: bool = False) -> Model:
+    """Load a built-in by name or a weights file by path.
+
+    Built-ins always run once on a real sample to record layer shapes; with `activations=n` they
+    keep the inputs of n samples. For built-ins, layer weights are views of the module's
+    parameters (no second copy): editing them in place changes what the module computes.
+    """
+    if spec in zoo.BUILTINS:
+        model = _load_builtin(zoo.BUILTINS[spec], include_other)
+    else:
+        path = Path(spec)
+        if not path.exists():
+            if path.suffix.lower() in SUFFIXES or len(path.parts) > 1:
+                raise UserError(f"cannot read {spec}: no such file")
+            zoo.get(spec)  # raises the unknown-model error listing the built-ins
+        model = Model(path.stem, _load_file(path, include_other))
+    for layer in model.layers:
+        _check_finite(layer, allow_nonfinite)
+    if model.module is not None:
+        _trace(model, max(activations, 1), keep=activations > 0)
+    elif activations > 0:
+        raise UserError(f"cannot capture activations of {spec}: a weights file has no architecture to run")
+    return model
+
+
+def capture_activations(model: Model, n: int = 1) -> None:
+    """Run a built-in on n real samples and store each conv/linear layer's input (and shapes)."""
+    if model.module is None or model.builtin is None:
+        raise UserError(f"cannot capture activations of {model.name}: only built-in models can run")
+    _trace(model, n, keep=True)
+
+
+def _layer_name(key: str) -> str:
+    """One naming rule for modules and files: a state-dict key without its '.weight' suffix."""
+    return key.removesuffix(".weight")
+
+
+def _conv_geometry(module: nn.Module) -> dict:
+    """stride/padding/groups of a torch conv, with Conv1d seen as a conv of height 1."""
+    kernel = module.kernel_size
+    if isinstance(module.padding, str):  # 'valid' or 'same' (torch puts an odd extra pad on the right)
+        padding = tuple(0 if module.padding == "valid" else d * (k - 1) // 2 for k, d in zip(kernel, module.dilation))
+    else:
+        padding = tuple(module.padding)
+    if isinstance(module, nn.Conv1d):
+        return {"stride": (1, module.stride[0]), "padding": (0, padding[0]), "groups": module.groups}
+    return {"stride": tuple(module.stride), "padding": padding, "groups": module.groups}
+
+
+def _load_builtin(builtin: Builtin, include_other: bool) -> Model:
+    module = builtin.load()
+    layers, shared = [], set()
+    for name, sub in module.named_modules():
+        if isinstance(sub, CAPTURED):
+            weight = sub.weight.detach().numpy()  # a view: no second copy of the parameters
+            if isinstance(sub, nn.Linear):
+                layers.append(Layer(name, "linear", weight))
+            else:
+                o, i, k = weight.shape[0], weight.shape[1], weight.shape[-1]
+                layers.append(Layer(name, "conv", weight.reshape(o, i, -1, k), **_conv_geometry(sub)))
+            shared.add(name)
+    if include_other:
+        for key, tensor in module.state_dict().items():
+            if tensor.is_floating_point() and _layer_name(key) not in shared:
+                layers.append(Layer(_layer_name(key), "other", tensor.detach().numpy()))
+    return Model(builtin.name, layers, module, builtin)
+
+
+def _hook(layer: Layer, seen: list[str], keep: bool, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+    """Record the first call of a conv/linear: shapes, and the input if asked."""
+    if layer.name in seen:
+        return
+    seen.append(layer.name)
+    x = args[0]
+    if isinstance(getattr(module, "static_padding", None), nn.ZeroPad2d):  # SAME padding done inside forward
+        x = module.static_padding(x)
+    if isinstance(module, nn.Conv1d):
+        x, output = x.unsqueeze(-2), output.unsqueeze(-2)
+    layer.in_shape, layer.out_shape = tuple(x.shape[1:]), tuple(output.shape[1:])
+    if keep:  # a copy: later in-place ops (e.g. ReLU(inplace=True)) must not alter it
+        layer.activation = x.detach().float().numpy().copy()
+
+
+def _trace(model: Model, n: int, keep: bool) -> None:
+    """One forward pass with hooks; also puts the conv/linear layers in forward order."""
+    x = model.builtin.sample_input(n)
+    by_name = {layer.name: layer for layer in model.layers if layer.kind != "other"}
+    seen: list[str] = []
+    hooks = [
+        sub.register_forward_hook(partial(_hook, by_name[name], seen, keep))
+        for name, sub in model.module.named_modules()
+        if name in by_name and isinstance(sub, CAPTURED)
+    ]
+    try:
+        with torch.no_grad():
+            model.module(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    order = {name: i for i, name in enumerate(seen)}
+    model.layers.sort(key=lambda layer: (layer.kind == "other", order.get(layer.name, len(order))))
+
+
+def _check_finite(layer: Layer, allow: bool) -> None:
+    """Refuse NaN/Inf weights (they poison every statistic) unless the user asks to zero them."""
+    bad = ~np.isfinite(layer.weight)
+    count = int(bad.sum())
+    if not count:
+        return
+    if not allow:
+        raise UserError(
+            f"layer {layer.name} has {count} non-finite weights (use --allow-nonfinite to zero and count them)"
+        )
+    layer.weight[bad] = 0.0
+    layer.nonfinite = count
+
+
+def _load_file(path: Path, include_other: bool) -> list[Layer]:
+    if path.is_dir():
+        raise UserError(f"cannot read {path}: it is a directory, not a model file")
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise UserError(f"unknown model file type '{path.suffix}' for {path} (expected one of {', '.join(SUFFIXES)})")
+    if suffix == ".onnx":
+        layers = _onnx_layers(path)
+    else:
+        tensors = _safetensors(path) if suffix == ".safetensors" else _torch_file(path)
+        layers = [_tensor_layer(key, t) for key, t in tensors if t.is_floating_point()]
+    layers = [layer for layer in layers if include_other or layer.kind != "other"]
+    if not layers:
+        raise UserError(f"no weight tensors in {path}" + ("" if include_other else " (no conv or linear weights)"))
+    return layers
+
+
+def _tensor_layer(key: str, tensor: torch.Tensor) -> Layer:
+    """Kind from rank (4-D conv, 2-D linear); fp16/bf16 widen to float32 exactly (fp64 rounds)."""
+    weight = tensor.detach().to(torch.float32).numpy()
+    kind = {4: "conv", 2: "linear"}.get(weight.ndim, "other")
+    return Layer(_layer_name(key), kind, weight)
+
+
+def _safetensors(path: Path):
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                yield key, f.get_tensor(key)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise UserError(f"cannot read {path}: corrupted or truncated safetensors file ({exc})") from exc
+
+
+def _torch_file(path: Path) -> list[tuple[str, torch.Tensor]]:
+    """Tensors of a state dict saved with torch.save, never running pickled code."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "global" in str(exc).lower():
+            raise UserError(f"refusing to unpickle code from {path} (it is not a plain state dict)") from exc
+        raise UserError(f"cannot read {path}: corrupted or not a PyTorch file") from exc
+    except Exception as exc:  # torch raises RuntimeError, EOFError, IndexError ... on damaged files
+        raise UserError(f"cannot read {path}: corrupted or truncated PyTorch file ({type(exc).__name__})") from exc
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise UserError(f"cannot read {path}: it holds a {type(obj).__name__}, not a state dict")
+    return list(_flatten(obj, ""))
+
+
+def _flatten(obj: Mapping, prefix: str):
+    """Tensors of a possibly nested state dict, with dotted names."""
+    for key, value in obj.items():
+        if isinstance(value, torch.Tensor):
+            yield prefix + str(key), value
+        elif isinstance(value, Mapping):
+            yield from _flatten(value, f"{prefix}{key}.")
+
+
+def _onnx_layers(path: Path) -> list[Layer]:
+    """Initializers and Constant-node tensors; the consuming node decides the kind, and layers
+    come out in the order the graph first uses them."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    try:
+        proto = onnx.load(str(path))
+    except Exception as exc:  # protobuf DecodeError, missing external data ...
+        raise UserError(f"cannot read {path}: corrupted or not an ONNX model ({type(exc).__name__})") from exc
+    graph = proto.graph
+    tensors = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            tensors.update({node.output[0]: a.t for a in node.attribute if a.name == "value"})
+    floats = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+    consumers: dict[str, list[tuple[int, onnx.NodeProto, int]]] = {}
+    for position, node in enumerate(graph.node):
+        for index, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((position, node, index))
+    layers = []
+    for name, tensor in tensors.items():
+        if tensor.data_type not in floats:
+            continue
+        try:
+            weight = np.array(numpy_helper.to_array(tensor), dtype=np.float32)
+        except Exception as exc:
+            raise UserError(f"cannot read {path}: tensor {name} is damaged ({exc})") from exc
+        uses = consumers.get(name, [])
+        layer = next(filter(None, (_onnx_weight(name, weight, node, index) for _, node, index in uses)), None)
+        layers.append((uses[0][0] if uses else len(graph.node), layer or Layer(_layer_name(name), "other", weight)))
+    return [layer for _, layer in sorted(layers, key=lambda item: item[0])]
+
+
+def _onnx_weight(name: str, weight: np.ndarray, node, index: int) -> Layer | None:
+    """A conv/linear Layer when `node` uses `weight` as its weight operand, else None."""
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Conv" and index == 1 and weight.ndim in (3, 4):
+        rank = weight.ndim - 2
+        strides = list(attrs.get("strides", [1] * rank))
+        pads = list(attrs.get("pads", [0] * 2 * rank))[:rank]  # begin pads; exporters write symmetric ones
+        if attrs.get("auto_pad", b"NOTSET") in (b"SAME_UPPER", b"SAME_LOWER"):
+            pads = [(k - 1) // 2 for k in weight.shape[2:]]
+        if rank == 1:
+            weight, strides, pads = weight[:, :, None, :], [1] + strides, [0] + pads
+        return Layer(_layer_name(name), "conv", weight, tuple(strides), tuple(pads), int(attrs.get("group", 1)))
+    if weight.ndim != 2 or index > 1 or node.op_type not in ("Gemm", "MatMul"):
+        return None
+    # y = A @ B: as B a weight is [I, O] (unless Gemm's transB), as A it is already [O, I]
+    if node.op_type == "Gemm":
+        flip = not attrs.get("transB", 0) if index == 1 else bool(attrs.get("transA", 0))
+    else:
+        flip = index == 1
+    return Layer(_layer_name(name), "linear", np.ascontiguousarray(weight.T) if flip else weight)
