@@ -1,0 +1,281 @@
+"""Run a model's layers through accelerator models: cycles, speed-ups, energy and area, as tidy rows.
+
+Streaming, layer by layer: each conv/linear layer becomes a ``tiling.Workload``; its weights (after any
+``--method`` steps, applied with ``bitsieve.methods``) are packed once per (method, format, group,
+alignment, layout) in the lanes each accelerator reads, its input activations (captured on real inputs by
+``bitsieve.model.load(spec, activations=N)``) once per packing the activation-serial designs need; every
+accelerator then costs the layer and the next layer replaces it.
+
+Rows (``bitsieve.results`` table: model, layer, method, accel, format, group, metric, value), per layer and
+for the whole model (layer '*'):
+
+- ``cycles``: compute cycles; ``units``: the array's peak 1b x 1b products per cycle;
+- ``speedup``: over ``dense`` at equal units (``accel.base`` docstring), same method;
+  ``speedup_vs_<baseline>`` over ``--baseline`` likewise;
+- ``work_bound``: the work-reduction bound B*B*MACs / effectual bit products (a speed-up never exceeds it on
+  exactly tiled layers);
+- ``energy_pj`` and ``energy_pj.compute|sram|dram``; ``dram_cycles``; ``area_mm2`` (whole model);
+- ``bottleneck_share`` and ``bottleneck.<label>`` (value: that share) naming what set the time.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import formats
+from .accel import ACCELERATORS, PackSpec
+from .accel import energy as energy_mod
+from .accel import tiling
+from .accel.base import LayerResult
+from .errors import UserError
+from .planes import Planes, pack
+from .results import WHOLE, row
+
+
+# ---- packing --------------------------------------------------------------------------------------------
+def pack_weights(wl: tiling.Workload, spec: PackSpec, weight=None) -> Planes:
+    """Weights (``weight`` overrides the layer's, e.g. after a method) in the lanes ``spec`` asks for."""
+    fmt = formats.get(spec.fmt)
+    lay = tiling.layout(wl, spec.group, spec.layout)
+    vals = tiling.lane_values(wl, lay, fmt, weight)
+    if spec.round_to and fmt.is_float:
+        r = formats.get(spec.round_to)
+        vals = r.decode(r.encode(vals)).astype(np.float32)
+    return tiling.pack_lanes(vals, fmt, spec.align)
+
+
+def pack_acts(wl: tiling.Workload, spec: PackSpec) -> Planes:
+    """Input activations as channel bricks of ``spec.group`` lanes ([Nb, Cg, Hp, Wp] grouped along Cg)."""
+    fmt = formats.get(spec.fmt)
+    a = tiling.act_grouped(wl, pad=spec.pad)
+    return pack(a, fmt, group=spec.group, align="none" if not fmt.is_float else spec.align, axis=1,
+                per_channel=False)
+
+
+@dataclass
+class Run:
+    """What to simulate."""
+
+    accels: list[str]
+    fmt: str = "int16"
+    methods: list[str] = field(default_factory=list)  # each entry: a spec, or several joined by '+'
+    baseline: str | None = None
+    sets: dict = field(default_factory=dict)  # {accel: {param: value}}
+    seed: int = 0
+
+
+def _label(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:60]
+
+
+class Simulator:
+    """Holds the configured accelerators for one run and costs layers one at a time."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.fmt = formats.get(run.fmt)
+        names = list(dict.fromkeys(["dense", *run.accels, *([run.baseline] if run.baseline else [])]))
+        for n in list(run.sets):
+            if n not in ACCELERATORS:
+                raise UserError(f"--set names unknown accelerator {n!r} (known: {', '.join(ACCELERATORS)})")
+        self.accels = {n: ACCELERATORS[n] for n in names}
+        self.labels: dict[str, str] = {}  # bottleneck slug -> readable label
+        self.cfg = {}
+        for n, a in self.accels.items():
+            cfg = a.configure(run.sets.get(n))
+            if "seed" in cfg and "seed" not in run.sets.get(n, {}):
+                cfg["seed"] = run.seed
+            cfg["format"] = self.fmt.name
+            a.check_format(self.fmt, cfg)
+            self.cfg[n] = cfg
+
+    def layer(self, wl: tiling.Workload, weight=None) -> dict[str, LayerResult]:
+        """Every accelerator on one layer (weights ``weight`` if given, e.g. after a method)."""
+        return _timed_layer(self, wl, weight, {n: 0.0 for n in self.accels})
+
+    def energy(self, name: str, wl, res: LayerResult) -> dict:
+        return energy_mod.estimate(self.accels[name], self.cfg[name], self.fmt, wl, res)
+
+    def area(self, name: str) -> float:
+        return energy_mod.area_mm2(self.accels[name], self.cfg[name], self.fmt)
+
+
+def layer_rows(sim: Simulator, model: str, method: str, wl, results: dict, group: int = 0) -> list[dict]:
+    """Tidy rows of one layer for every accelerator (speed-ups against dense and the baseline)."""
+    rows = []
+    fmt = sim.fmt.name
+    d = results["dense"]
+    base = results.get(sim.run.baseline) if sim.run.baseline else None
+    B = sim.accels["dense"].width(sim.fmt)
+    for n, r in results.items():
+        if n not in sim.run.accels and n != "dense":
+            continue
+
+        def add(metric, value, _n=n):
+            rows.append(row(model, wl.name, metric, value, method=method, accel=_n, format=fmt, group=group))
+
+        e = sim.energy(n, wl, r)
+        add("cycles", r.cycles)
+        add("units", r.units)
+        add("macs", wl.macs)
+        add("dense_cycles", r.dense_cycles)
+        add("speedup", r.dense_cycles / r.cycles if r.cycles > 0 else float("inf"))
+        add("speedup_iso", _speedup(d, r))
+        if base is not None:
+            add(f"speedup_vs_{sim.run.baseline}", _ratio(r, base))
+        add("work_bound", (B * B * wl.macs / r.effectual) if r.effectual > 0 else float("inf"))
+        add("effectual_bitops", r.effectual)
+        add("energy_pj", e["total"])
+        for part in ("compute", "sram", "dram"):
+            add(f"energy_pj.{part}", e[part])
+        add("dram_cycles", e["dram_cycles"])
+        add("bottleneck_share", r.bottleneck_share)
+        slug = _label(r.bottleneck)
+        sim.labels[slug] = r.bottleneck
+        add(f"bottleneck.{slug}", r.bottleneck_share)
+    return rows
+
+
+def _ratio(r: LayerResult, base: LayerResult) -> float:
+    """Speed-up of r over base, each against its own same-dataflow dense reference."""
+    sr = r.dense_cycles / r.cycles if r.cycles > 0 else float("inf")
+    sb = base.dense_cycles / base.cycles if base.cycles > 0 else float("inf")
+    return sr / sb
+
+
+def _speedup(base: LayerResult, r: LayerResult) -> float:
+    return (base.cycles * base.units) / (r.cycles * r.units) if r.cycles > 0 else float("inf")
+
+
+def whole_rows(sim: Simulator, model: str, method: str, layer_rows_: list[dict], group: int = 0) -> list[dict]:
+    """Whole-model rows from the per-layer rows of one method (sums; speed-ups from summed cycles)."""
+    fmt = sim.fmt.name
+    by = {}
+    for r in layer_rows_:
+        by.setdefault(r["accel"], {}).setdefault(r["metric"], []).append(r["value"])
+    out = []
+    dc = sum(by["dense"]["cycles"]) if "dense" in by else 0.0
+    du = by["dense"]["units"][0] if "dense" in by else 1.0
+    bname = sim.run.baseline
+    for n, m in by.items():
+        def add(metric, value, _n=n):
+            out.append(row(model, WHOLE, metric, value, method=method, accel=_n, format=fmt, group=group))
+
+        cyc = float(sum(m["cycles"]))
+        units = m["units"][0]
+        add("cycles", cyc)
+        add("units", units)
+        add("macs", float(sum(m["macs"])))
+        dn = float(sum(m["dense_cycles"]))
+        add("dense_cycles", dn)
+        add("speedup", dn / cyc if cyc else float("inf"))
+        add("speedup_iso", dc * du / (cyc * units) if cyc else float("inf"))
+        if bname and bname in by:
+            bsp = float(sum(by[bname]["dense_cycles"])) / float(sum(by[bname]["cycles"]))
+            add(f"speedup_vs_{bname}", (dn / cyc) / bsp if cyc else float("inf"))
+        eff = float(sum(m["effectual_bitops"]))
+        B = sim.accels["dense"].width(sim.fmt)
+        add("work_bound", B * B * float(sum(m["macs"])) / eff if eff else float("inf"))
+        add("effectual_bitops", eff)
+        for k in ("energy_pj", "energy_pj.compute", "energy_pj.sram", "energy_pj.dram", "dram_cycles"):
+            add(k, float(sum(m[k])))
+        add("area_mm2", sim.area(n))
+        # bottleneck of the model: the label weighted by the cycles it governed
+        labels = {}
+        for r in layer_rows_:
+            if r["accel"] == n and r["metric"].startswith("bottleneck."):
+                labels.setdefault(r["metric"], []).append(r["value"])
+        if labels:
+            cyc_l = m["cycles"]
+            score = {k: 0.0 for k in labels}
+            i = 0
+            for r in layer_rows_:
+                if r["accel"] == n and r["metric"].startswith("bottleneck."):
+                    score[r["metric"]] += cyc_l[i]
+                    i += 1
+            top = max(score, key=score.get)
+            share = float(np.average(m["bottleneck_share"], weights=np.maximum(cyc_l, 1e-9)))
+            add("bottleneck_share", share)
+            add(top, score[top] / max(cyc, 1e-9))
+    return out
+
+
+# ---- whole models ---------------------------------------------------------------------------------------
+def _method_steps(spec: str, fmt: str):
+    from . import methods
+
+    parts = [s for s in spec.split("+") if s.strip()]
+    return methods.parse_specs(parts, {"format": fmt})
+
+
+def simulate_model(model_spec: str, run: Run, *, activations: int = 1, progress=None) -> dict:
+    """Simulate every conv/linear layer of a model on every accelerator of ``run``, for the unmodified
+    model ('') and every method spec. Returns {"rows": [...], "layers": [per-layer info], "seconds": {...}}."""
+    from . import model as model_mod
+
+    from .zoo import BUILTINS
+
+    sim = Simulator(run)
+    needs_acts = any(a.reads_activations(sim.cfg[n], sim.fmt) for n, a in sim.accels.items())
+    # a weights file has no architecture to run: its layers have shapes only where the file says so, and the
+    # designs that read activations say clearly that they need a built-in model
+    m = model_mod.load(model_spec, activations=activations if (needs_acts and model_spec in BUILTINS) else 0)
+    layers = [layer for layer in m.layers if layer.kind in ("conv", "linear")]
+    if not layers:
+        raise UserError(f"{model_spec} has no conv or linear layers to simulate")
+    method_weights = {"": None}
+    for spec in run.methods:
+        from . import methods
+
+        steps = _method_steps(spec, sim.fmt.name)
+        res = methods.apply_model(layers, steps)
+        method_weights["+".join(s.spec() for s in steps)] = [r.weight for r in res]
+    rows, info = [], []
+    per_method_rows = {k: [] for k in method_weights}
+    seconds = {n: 0.0 for n in sim.accels}
+    for i, layer in enumerate(layers):
+        wl = tiling.from_layer(layer)
+        info.append({"name": wl.name, "kind": wl.kind, "shape": wl.describe(), "macs": wl.macs})
+        for key, ws in method_weights.items():
+            res = _timed_layer(sim, wl, None if ws is None else ws[i], seconds)
+            lr = layer_rows(sim, m.name, key, wl, res)
+            per_method_rows[key].extend(lr)
+            rows.extend(lr)
+        layer.activation = None  # streaming: this layer's activations are no longer needed
+        if progress:
+            progress(i + 1, len(layers))
+    for key, lr in per_method_rows.items():
+        rows.extend(whole_rows(sim, m.name, key, lr))
+    return {"model": m.name, "format": sim.fmt.name, "rows": rows, "layers": info, "seconds": seconds,
+            "labels": dict(sim.labels),
+            "accels": {n: {"source": a.source, "confidence": a.confidence, "config": {
+                k: v for k, v in sim.cfg[n].items() if k != "format"}} for n, a in sim.accels.items()}}
+
+
+def _timed_layer(sim: Simulator, wl, weight, seconds: dict) -> dict:
+    wcache, acache, out = {}, {}, {}
+    for n, a in sim.accels.items():
+        t0 = time.perf_counter()
+        cfg = sim.cfg[n]
+        ws = a.weight_spec(cfg, sim.fmt, wl)
+        wp = None
+        if ws is not None:
+            if ws not in wcache:
+                wcache[ws] = pack_weights(wl, ws, weight)
+            wp = wcache[ws]
+        as_ = a.act_spec(cfg, sim.fmt, wl)
+        ap = None
+        if as_ is not None:
+            if wl.activation is None:
+                raise UserError(f"{n} reads the input activations and layer {wl.name} has none captured "
+                                "(only built-in models run on real inputs; choose weight-only accelerators "
+                                "such as bitx, bitwave, bitvert for a weights file)")
+            if as_ not in acache:
+                acache[as_] = pack_acts(wl, as_)
+            ap = acache[as_]
+        out[n] = a.simulate(wl, wp, ap, cfg)
+        seconds[n] += time.perf_counter() - t0
+    return out

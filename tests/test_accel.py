@@ -1,0 +1,409 @@
+"""Accelerator models: hand-worked cases of methods.md, the DNNsim/BitSim rules, invariants and configuration."""
+import tomllib
+from importlib import resources
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from bitsieve import formats
+from bitsieve.accel import ACCELERATORS, CONFIDENCE, get, names, parse_sets, tiling
+from bitsieve.accel.bitlet_pe import checkwindow_cycles
+from bitsieve.accel.bitvert import group_cost, select
+from bitsieve.accel.kernels import booth, column_sync, pragmatic_cycles, search_map, tactical_schedule, terms
+from bitsieve.errors import UserError
+from bitsieve.simulate import Run, Simulator
+
+INT_ACCELS = [n for n, a in ACCELERATORS.items() if "int" in a.formats]
+FP_ACCELS = [n for n, a in ACCELERATORS.items() if "fp32" in a.formats]
+
+
+def run_layer(wl, accels, fmt, sets=None):
+    return Simulator(Run(accels=list(accels), fmt=fmt, sets=sets or {})).layer(wl)
+
+
+def one_step_linear(acts, weights=None, fmt="q4.0"):
+    """A linear layer with one output, one token: exactly one step of every array."""
+    a = np.asarray(acts, dtype=np.float32)
+    w = np.ones((1, a.size), np.float32) if weights is None else np.asarray(weights, np.float32)[None]
+    return tiling.Workload.linear(w, a[None], name="one")
+
+
+# ---- hand-worked cases (methods.md) ----------------------------------------------------------------------
+def test_pragmatic_worked_example_kernel():
+    m = np.array([[5, 12, 1]])
+    assert pragmatic_cycles(m, 2)[0] == 2
+    assert pragmatic_cycles(m, 0)[0] == 3
+    assert pragmatic_cycles(np.zeros((1, 16), int), 2)[0] == 1  # an all-zero set costs one cycle
+
+
+@pytest.mark.parametrize("b, booth_on, cycles", [(2, True, 2), (0, True, 3), (2, False, 2), (0, False, 3)])
+def test_pragmatic_worked_example_model(b, booth_on, cycles):
+    wl = one_step_linear([5, 12, 1])
+    res = run_layer(wl, ["pragmatic"], "q4.0", {"pragmatic": {"bits_first_stage": b, "booth": booth_on}})
+    assert res["pragmatic"].cycles == cycles
+
+
+def test_stripes_four_bit_takes_four():
+    res = run_layer(one_step_linear([5, 12, 1]), ["stripes"], "q4.0")
+    assert res["stripes"].cycles == 4
+    res = run_layer(one_step_linear([5, 12, 1]), ["stripes"], "q4.0", {"stripes": {"precision": "format"}})
+    assert res["stripes"].cycles == 5  # q4.0 is 5 bits wide
+
+
+def test_booth_term_counts():
+    # methods.md 1.2: runs of >= 3 ones become two terms, shorter runs stay (not CSD: 27 -> 4, not 3)
+    assert list(terms([7, 27, 11, 15, 31, 127, 3])) == [2, 4, 3, 2, 2, 2, 2]
+    assert list(terms([7, 27, 11], use_booth=False)) == [3, 4, 3]
+    # the recoding of a run: 7 = 0111 -> terms at 3 and 0 (8 - 1)
+    assert booth([7])[0] == 0b1001
+    # wider than DNNsim's 15-bit table: same rule
+    assert terms([(7 << 20)], bits=24)[0] == 2
+
+
+def test_bitlet_check_window_example():
+    # methods.md 2.3: |W| = [3,0,5,1,0,6,2,4], window 8 = the whole group: 3 cycles per plane
+    mags = np.array([3, 0, 5, 1, 0, 6, 2, 4])
+    planes = np.array([sum(((int(m) >> s) & 1) << g for g, m in enumerate(mags)) for s in range(3)], np.uint64)
+    assert list(checkwindow_cycles(planes, window=8, n_calc=7)) == [3, 3, 3]
+    wl = one_step_linear(np.ones(8), [3, 0, -5, 1, 0, 6, -2, 4])
+    res = run_layer(wl, ["bitlet"], "q3.0", {"bitlet": {"group": 8, "n_calc": 7, "variant": "pipelined"}})
+    assert res["bitlet"].cycles == 3
+    res = run_layer(wl, ["bitlet"], "q3.0", {"bitlet": {"group": 8, "n_calc": 7, "variant": "rtl"}})
+    assert res["bitlet"].cycles == 3 + 16 + 5  # period N + 16, plus the last group's latency tail
+
+
+def test_bitvert_inversion_example():
+    # methods.md 8.2: [1,1,0,1,1,1,0,1] has 6 ones > 4: invert, compute sum(A) - (A2 + A6)
+    assert select([1, 1, 0, 1, 1, 1, 0, 1]) == (True, [2, 6])
+    assert select([1, 0, 0, 1, 0, 0, 0, 1]) == (False, [0, 3, 7])
+
+
+def test_bitvert_planes():
+    # 8-bit two's complement, 4 lanes: small values -> 3 redundant sign planes; uniform LSB planes free
+    f = formats.get("int8tc")
+    p = tiling.pack_lanes(np.array([[[2, 6, -2, 10]]]), f)
+    cost, _ = group_cost(p.words, p.valid, 8, {"max_redundant": 3, "max_pruned": 6})
+    # 2, 6, -2, 10: planes 6..4 equal the sign plane (3 redundant); plane 0 is all 0 and plane 1 all 1
+    # (uniform LSB planes, free); planes 7, 3, 2 remain
+    assert cost[0] == 8 - 3 - 2
+    p = tiling.pack_lanes(np.array([[[100, -90, 45, 70]]]), f)
+    cost, _ = group_cost(p.words, p.valid, 8, {"max_redundant": 3, "max_pruned": 6})
+    assert cost[0] == 8
+
+
+def test_tactical_search_map_and_promotion():
+    assert [tuple(x) for x in search_map("T", 2, 5)] == [(1, -1), (1, 0), (1, 1), (1, 3), (2, -2), (2, 0), (2, 2)]
+    assert [tuple(x) for x in search_map("L", 2, 2)] == [(1, -2), (1, -1), (1, 0), (2, 0)]
+    # one filter, 4 lanes, 3 steps: a zero at (0, lane 1) takes the first candidate of the search map
+    nz = np.ones((1, 3, 1, 4), bool)
+    nz[0, 0, 0, 1] = False
+    src_t, src_l, ex = tactical_schedule(nz, np.ones_like(nz), "T", 2, 5)
+    assert (src_t[0, 0, 0, 1], src_l[0, 0, 0, 1]) == (1, 0)  # (t+1, lane-1)
+    # the slot that gave its weight away is refilled at step 1 from step 2 (lane 0 - 1 wraps to lane 3),
+    # and the last step's donor reads nothing
+    assert (src_t[0, 1, 0, 0], src_l[0, 1, 0, 0]) == (2, 3)
+    assert src_t[0, 2, 0, 3] == -1
+    assert (src_t[0, 2, 0, :3] == 2).all() and ex.all()
+    # all-zero steps are skipped, at most H in a row
+    z = np.zeros((1, 4, 1, 4), bool)
+    _, _, ex = tactical_schedule(z, np.ones_like(z), "T", 2, 5)
+    assert list(ex[0]) == [False, False, True, False]
+
+
+def test_column_sync_registers():
+    cost = np.array([[1, 4], [4, 1], [1, 4], [4, 1]])
+    act = np.ones_like(cost, bool)
+    assert column_sync(cost, act, 0)[0] == 16  # each step waits for the slowest column
+    assert column_sync(cost, act, 1)[0] < 16  # a column may run one step ahead
+    assert column_sync(cost, act, 1)[0] >= 10  # but never faster than its own work
+
+
+# ---- invariants ------------------------------------------------------------------------------------------
+def exact_conv(seed, zero_w=0.0, zero_a=0.5, scale=1.0):
+    """A layer every array tiles exactly: 1x1 conv, 64 input channels, 256 filters, 16x16 output."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(256, 64, 1, 1)).astype(np.float32) * scale
+    w[rng.random(w.shape) < zero_w] = 0
+    a = np.abs(rng.normal(size=(1, 64, 16, 16))).astype(np.float32)
+    a[rng.random(a.shape) < zero_a] = 0
+    return tiling.Workload.conv(w, a, name=f"exact{seed}")
+
+
+EXACT_SETS = {"bitlet": {"samples": 0}}
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int16", "fp32"])
+def test_dense_is_one_and_bound_holds(fmt):
+    accels = INT_ACCELS if fmt.startswith("int") else FP_ACCELS
+    B = ACCELERATORS["dense"].width(formats.get(fmt))
+    for seed in range(2):
+        wl = exact_conv(seed, zero_w=0.1 * seed)
+        res = run_layer(wl, accels, fmt, EXACT_SETS)
+        assert res["dense"].dense_cycles == res["dense"].cycles
+        for n, r in res.items():
+            speed = r.dense_cycles / r.cycles
+            bound = B * B * wl.macs / r.effectual
+            assert speed <= bound * (1 + 1e-9), (n, speed, bound)
+            assert r.cycles * r.units >= r.effectual * (1 - 1e-9), n  # no array beats its peak
+            assert r.cycles > 0 and r.dense_cycles > 0
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10_000), zw=st.floats(0, 0.6), za=st.floats(0, 0.9))
+def test_bound_holds_hypothesis(seed, zw, za):
+    wl = exact_conv(seed, zero_w=zw, zero_a=za)
+    accels = ["stripes", "pragmatic", "laconic", "bitwave", "bitvert", "bitx", "bitxpro", "pnpu", "bitlet"]
+    res = run_layer(wl, accels, "int8", EXACT_SETS)
+    for n, r in res.items():
+        assert r.dense_cycles / r.cycles <= 64 * wl.macs / r.effectual * (1 + 1e-9), n
+
+
+MONOTONE = ["dense", "stripes", "pragmatic", "laconic", "tactical", "bitwave", "bitvert", "bitx", "bitlet", "pnpu"]
+
+
+def drop_bits(x, frac, rng):
+    """Clear a random share of the one bits of integer magnitudes (signs kept)."""
+    m = np.abs(x).astype(np.int64)
+    for b in range(16):
+        kill = rng.random(m.shape) < frac
+        m &= ~(kill.astype(np.int64) << b)
+    return np.sign(x) * m
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), frac=st.floats(0.05, 0.9))
+def test_cycles_monotone_when_bits_removed(seed, frac):
+    """Removing one bits (of the weights, and of the activations) never adds cycles. Booth-like recoding
+    is not monotone in the bits (1111 = 2 terms, 1011 = 3), so the DNNsim designs run on plain bits here.
+    BitVert reads two's complement, where clearing a magnitude bit of a negative value is not clearing
+    bits, so it is left out; BitXpro's shared plane set is covered by BitX's rule."""
+    rng = np.random.default_rng(seed)
+    w = rng.integers(-127, 128, size=(32, 16, 3, 3)).astype(np.float32)
+    a = rng.integers(0, 128, size=(1, 16, 8, 8)).astype(np.float32)
+    w2 = drop_bits(w, frac, rng).astype(np.float32)
+    a2 = drop_bits(a, frac, rng).astype(np.float32)
+    sets = {k: {"booth": False} for k in ("pragmatic", "laconic", "tactical")}
+    accels = [n for n in MONOTONE if n != "bitvert"]
+    r1 = run_layer(tiling.Workload.conv(w, a, padding=1), accels, "q7.0", sets)
+    r2 = run_layer(tiling.Workload.conv(w2, a2, padding=1), accels, "q7.0", sets)
+    for n in accels:
+        if n in ("tactical",):
+            continue  # a zero weight changes the promotion schedule (checked with activations only below)
+        assert r2[n].cycles <= r1[n].cycles, n
+    # tactical: same weights, fewer activation bits
+    r3 = run_layer(tiling.Workload.conv(w, a2, padding=1), ["tactical"], "q7.0", sets)
+    assert r3["tactical"].cycles <= r1["tactical"].cycles
+
+
+def test_deterministic_for_the_same_seed():
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(16, 32, 3, 3)).astype(np.float32)
+    a = np.maximum(rng.normal(size=(2, 32, 12, 12)), 0).astype(np.float32)
+    wl = tiling.Workload.conv(w, a, padding=1)
+    c = [run_layer(wl, ["bitlet"], "fp32", {"bitlet": {"seed": s, "samples": 300}})["bitlet"].cycles
+         for s in (5, 5, 6)]
+    assert c[0] == c[1]
+    assert c[0] != c[2]
+    exact = run_layer(wl, ["bitlet"], "fp32", {"bitlet": {"samples": 0}})["bitlet"].cycles
+    assert abs(c[0] - exact) / exact < 0.1  # the sampled estimate is close to the exact count
+
+
+def test_bitlet_product_alignment_sees_activations():
+    """Product alignment (the RTL) shifts out the weights of zero activations: sparser activations give
+    fewer cycles; weight alignment ignores them."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(8, 64, 1, 1)).astype(np.float32)
+    a = np.abs(rng.normal(size=(1, 64, 4, 4))).astype(np.float32)
+    a0 = a.copy()
+    a0[:, ::2] = 0
+    sets = {"bitlet": {"samples": 0}}
+    dense_a = run_layer(tiling.Workload.conv(w, a), ["bitlet"], "fp32", sets)["bitlet"].cycles
+    sparse_a = run_layer(tiling.Workload.conv(w, a0), ["bitlet"], "fp32", sets)["bitlet"].cycles
+    assert sparse_a < dense_a
+    sets = {"bitlet": {"align": "weight"}}
+    assert (run_layer(tiling.Workload.conv(w, a), ["bitlet"], "fp32", sets)["bitlet"].cycles ==
+            run_layer(tiling.Workload.conv(w, a0), ["bitlet"], "fp32", sets)["bitlet"].cycles)
+
+
+def test_bitx_keeps_planes_and_bitxpro_shares_them():
+    rng = np.random.default_rng(1)
+    wl = exact_conv(1)
+    r = run_layer(wl, ["bitx", "bitxpro"], "fp32", {"bitx": {"keep": 4}, "bitxpro": {"keep": 4}})
+    # plane-serial, 24 planes for fp32 at bit-parallel speed: at most keep planes per tile step
+    assert r["bitx"].dense_cycles / r["bitx"].cycles == pytest.approx(24 / 4)
+    assert r["bitxpro"].cycles <= r["bitxpro"].dense_cycles * 4 / 24 + 1e-9
+    eng = run_layer(wl, ["bitx"], "fp32", {"bitx": {"model": "bitlet-engine"}})["bitx"]
+    assert eng.cycles > 0 and eng.bottleneck.startswith("densest kept plane")
+    del rng
+
+
+def test_pnpu_skips_zeros():
+    wl = exact_conv(2, zero_a=0.9)
+    r = run_layer(wl, ["pnpu"], "fp32", {"pnpu": {"skip": "input"}})["pnpu"]
+    d = run_layer(wl, ["pnpu"], "fp32", {"pnpu": {"skip": "none"}})["pnpu"]
+    assert r.cycles < d.cycles
+    assert d.cycles == d.dense_cycles
+
+
+def test_depthwise_and_grouped_and_linear_shapes():
+    rng = np.random.default_rng(0)
+    a = np.abs(rng.normal(size=(1, 32, 10, 10))).astype(np.float32)
+    dw = tiling.Workload.conv(rng.normal(size=(32, 1, 3, 3)), a, stride=2, padding=1, groups=32)
+    gr = tiling.Workload.conv(rng.normal(size=(16, 8, 3, 3)), a, padding=1, groups=4)
+    li = tiling.Workload.linear(rng.normal(size=(24, 40)), rng.normal(size=(3, 5, 40)))
+    assert dw.depthwise and dw.out_hw == (5, 5) and dw.macs == 32 * 9 * 25
+    assert gr.macs == 16 * 8 * 9 * 100 and li.macs == 24 * 40 * 15
+    for wl in (dw, gr, li):
+        res = run_layer(wl, INT_ACCELS, "int8")
+        for n, r in res.items():
+            assert r.cycles > 0 and np.isfinite(r.cycles), (wl.name, n)
+
+
+def test_tiling_counts_match_bitsim():
+    """BitSim _calc_tile_conv2d: ceil(c_out/R) x ceil(c_w/G) k^2 x ceil(ow/C) x oh tiles."""
+    wl = tiling.Workload.conv(np.ones((40, 20, 3, 3)), np.ones((1, 20, 9, 11)), padding=1)
+    lay = tiling.layout(wl, 8, "auto")
+    assert lay.mode == "channel" and lay.J == 9 * 3
+    t, rep = tiling.bitsim_tiles(np.ones((40, lay.J)), wl, 32, 16)
+    assert t.size == 2 * 27 and rep == 1 * 9
+    dw = tiling.Workload.conv(np.ones((20, 1, 3, 3)), np.ones((1, 20, 9, 11)), padding=1, groups=20)
+    lay = tiling.layout(dw, 8, "auto")
+    assert lay.mode == "tap" and lay.J == 2  # ceil(9 / 8) tap chunks of the one channel
+    t, _ = tiling.bitsim_tiles(np.ones((20, lay.J)), dw, 32, 16)
+    assert t.shape == (20, 1, 2)  # depthwise: one filter per tile (BitSim _calc_dwconv_tile)
+
+
+def test_dnnsim_streams_layout():
+    wl = tiling.Workload.conv(np.ones((8, 20, 3, 3)), np.ones((1, 20, 6, 6)), padding=1)
+    st = tiling.dnnsim_streams(wl, 16, 16, 16, 16)
+    assert st.steps == 9 * 2 and st.idx.shape == (1, 3 * 18, 16)  # ceil(36/16) window sets x steps
+    assert (st.idx[0, -1, 4:] == -1).all()  # the last set has 36 - 32 = 4 windows
+    assert st.passes == 1
+
+
+# ---- configuration, formats, registry ---------------------------------------------------------------------
+def test_registry_and_citations():
+    assert set(ACCELERATORS) == {"dense", "stripes", "pragmatic", "laconic", "tactical", "bitlet", "bitx",
+                                 "bitxpro", "bitwave", "bitvert", "pnpu"}
+    for n, a in ACCELERATORS.items():
+        assert a.confidence in CONFIDENCE
+        assert a.source and a.doc and "Source" in a.doc and "Confidence" in a.doc, n
+        assert set(a.params) <= set(a.cite), n
+        assert all(str(a.cite[k]).strip() for k in a.params), n
+        for part in ("energy", "area"):
+            d = getattr(a, part)
+            assert d.get("source") and "node_nm" in d, (n, part)
+    mem = tomllib.loads(resources.files("bitsieve.accel").joinpath("data", "memory.toml").read_text())
+    assert mem["sram"]["source"] and mem["dram"]["source"]
+    assert names("bitx, dense,bitx") == ["bitx", "dense"]
+    with pytest.raises(UserError, match="unknown accelerator"):
+        get("nope")
+
+
+def test_overrides():
+    assert parse_sets(["pragmatic.bits_first_stage=2", "bitlet.variant=pipelined"]) == {
+        "pragmatic": {"bits_first_stage": "2"}, "bitlet": {"variant": "pipelined"}}
+    cfg = ACCELERATORS["pragmatic"].configure({"bits_first_stage": "0", "booth": "false"})
+    assert cfg["bits_first_stage"] == 0 and cfg["booth"] is False
+    with pytest.raises(UserError, match="no parameter"):
+        ACCELERATORS["pragmatic"].configure({"bogus": 1})
+    with pytest.raises(UserError, match="expected int"):
+        ACCELERATORS["pragmatic"].configure({"lanes": "many"})
+    with pytest.raises(UserError, match="must be one of"):
+        ACCELERATORS["bitlet"].configure({"variant": "fast"})
+    with pytest.raises(UserError, match="ACCEL.PARAM=VALUE"):
+        parse_sets(["lanes=4"])
+
+
+@pytest.mark.parametrize("acc, fmt", [("pragmatic", "fp32"), ("stripes", "bf16"), ("laconic", "fp16"),
+                                      ("tactical", "fp32"), ("bitwave", "fp32"), ("bitvert", "bf16")])
+def test_format_refused_clearly(acc, fmt):
+    with pytest.raises(UserError, match=f"{acc} does not apply to {fmt}"):
+        Simulator(Run(accels=[acc], fmt=fmt))
+
+
+def test_bitlet_refuses_wide_fixed_point():
+    with pytest.raises(UserError, match="25 bits"):
+        Simulator(Run(accels=["bitlet"], fmt="int32"))
+
+
+def test_energy_and_area():
+    wl = exact_conv(0)
+    sim = Simulator(Run(accels=INT_ACCELS, fmt="int8"))
+    res = sim.layer(wl)
+    for n, r in res.items():
+        e = sim.energy(n, wl, r)
+        assert e["compute"] > 0 and e["sram"] > 0 and e["dram"] > 0
+        assert e["total"] == pytest.approx(e["compute"] + e["sram"] + e["dram"])
+        assert sim.area(n) > 0
+
+
+def reference_schedule(nz, real, smap, H):
+    """DNNsim's BitTactical::original_schedule/search/promote, transcribed line by line (tuples of
+    (value, time, lane), recount after every promotion) as an independent check of the kernel."""
+    F, T, R, L = nz.shape
+    src_t = np.full(nz.shape, -1)
+    src_l = np.zeros(nz.shape, int)
+    execd = np.zeros((F, T), bool)
+    for f in range(F):
+        buf = [[[(bool(nz[f, t, r, l]), t if real[f, t, r, l] else -1, l) for l in range(L)] for r in range(R)]
+               for t in range(T)]
+
+        def search(t, r, lane):
+            out = []
+            if t + 1 >= T:
+                return out
+            for dh, dd in smap:
+                th, ld = t + dh, lane + dd
+                if th >= T:
+                    continue
+                ld = ld + L if ld < 0 else (ld - L if ld >= L else ld)
+                if buf[th][r][ld][0]:
+                    out.append((th, ld))
+            return out
+
+        skip = 0
+        for t in range(T):
+            if skip < H and not any(buf[t][r][lane][0] for r in range(R) for lane in range(L)):
+                skip += 1
+                continue
+            skip = 0
+            execd[f, t] = True
+            for r in range(R):
+                overlap = 1
+                while overlap > 0:
+                    ineff = [lane for lane in range(L) if not buf[t][r][lane][0]]
+                    overlap, num, cands = -1, [0] * L, [[] for _ in range(L)]
+                    for lane in ineff:
+                        cands[lane] = search(t, r, lane)
+                        if cands[lane]:
+                            num[lane] = len(cands[lane])
+                            overlap = max(overlap, num[lane])
+                    for lane in ineff:
+                        if num[lane] == overlap:
+                            th, ld = cands[lane][0]
+                            buf[t][r][lane], buf[th][r][ld] = buf[th][r][ld], buf[t][r][lane]
+                            break
+        for t in range(T):
+            for r in range(R):
+                for lane in range(L):
+                    _, o, ol = buf[t][r][lane]
+                    src_t[f, t, r, lane] = o if o >= t else -1
+                    src_l[f, t, r, lane] = ol
+    return src_t, src_l, execd
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), density=st.floats(0.0, 1.0), shape=st.sampled_from(["T", "L"]),
+       H=st.integers(1, 3), D=st.integers(1, 6))
+def test_tactical_scheduler_matches_dnnsim_transcription(seed, density, shape, H, D):
+    rng = np.random.default_rng(seed)
+    nz = rng.random((2, 7, 3, 16)) < density
+    real = rng.random(nz.shape) < 0.9
+    nz &= real
+    smap = [tuple(x) for x in search_map(shape, H, D)]
+    got = tactical_schedule(nz, real, shape, H, D)
+    want = reference_schedule(nz, real, smap, H)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(g), w)

@@ -1,0 +1,125 @@
+"""`bitsieve simulate` and `bitsieve export-traces` on a real model, through the real CLI."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bitsieve import results
+from bitsieve.accel import ACCELERATORS
+from bitsieve.cli import main
+
+
+def run_json(capsys, *args):
+    assert main(["simulate", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def error_line(capsys, *args):
+    assert main(list(args)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bitsieve: error:") and "\n" not in err
+    return err
+
+
+def whole(payload, metric, method=""):
+    return {r["accel"]: r["value"] for r in payload["rows"]
+            if r["layer"] == "*" and r["metric"] == metric and r["method"] == method}
+
+
+@pytest.mark.slow
+def test_simulate_rnet_all_accelerators(capsys, tmp_path):
+    csv = tmp_path / "rows.csv"
+    got = run_json(capsys, "mtcnn-rnet", "--format", "int8", "--baseline", "stripes", "--csv", str(csv))
+    int_accels = {n for n, a in ACCELERATORS.items() if "int" in a.formats}
+    sp = whole(got, "speedup")
+    assert set(sp) == int_accels
+    assert sp["dense"] == pytest.approx(1.0)
+    assert whole(got, "speedup_vs_stripes")["stripes"] == pytest.approx(1.0)
+    for n in int_accels:
+        assert whole(got, "cycles")[n] > 0 and whole(got, "energy_pj")[n] > 0 and whole(got, "area_mm2")[n] > 0
+    # the whole model is the sum of its layers
+    layers = [r for r in got["rows"] if r["layer"] != "*" and r["metric"] == "cycles" and r["accel"] == "pragmatic"]
+    assert len(layers) == len(got["layers"]) == 6  # conv1-3, dense4, dense5_1, dense5_2
+    assert sum(r["value"] for r in layers) == pytest.approx(whole(got, "cycles")["pragmatic"])
+    # the rows are the project's tidy table, and the CSV holds the same rows
+    rows = results.from_json(json.dumps(got))
+    assert len(rows) == len(results.from_csv(csv.read_text()))
+    assert {s["accel"] for s in got["summary"]} == int_accels
+    assert all(s.get("bottleneck") for s in got["summary"])
+
+
+@pytest.mark.slow
+def test_simulate_method_composes(capsys):
+    got = run_json(capsys, "mtcnn-rnet", "--accel", "bitx,bitwave,pragmatic", "--format", "int8",
+                   "--method", "bitx:keep=2")
+    methods = {r["method"] for r in got["rows"]}
+    spec = next(m for m in methods if m)
+    assert methods == {"", spec} and spec.startswith("bitx:keep=2")
+    base, pruned = whole(got, "cycles"), whole(got, "cycles", spec)
+    assert pruned["bitwave"] < base["bitwave"]  # fewer non-zero columns after pruning to 2 planes
+    assert pruned["bitx"] <= base["bitx"]
+    assert pruned["pragmatic"] == base["pragmatic"]  # activation-serial: weights do not matter
+
+
+def test_simulate_fp32_and_sets(capsys):
+    got = run_json(capsys, "mtcnn-rnet", "--accel", "bitlet,bitx", "--format", "fp32",
+                   "--set", "bitlet.variant=pipelined", "--set", "bitx.keep=3", "--set", "bitlet.samples=500")
+    assert got["accels"]["bitlet"]["config"]["variant"] == "pipelined"
+    assert whole(got, "speedup")["bitx"] == pytest.approx(24 / 3, rel=0.02)
+    assert whole(got, "speedup")["bitlet"] > 1.0
+
+
+def test_simulate_user_errors(capsys, tmp_path):
+    assert "does not apply to fp32" in error_line(capsys, "simulate", "mtcnn-rnet", "--accel", "pragmatic",
+                                                  "--format", "fp32")
+    assert "no parameter" in error_line(capsys, "simulate", "mtcnn-rnet", "--accel", "bitx",
+                                        "--set", "bitx.nope=1")
+    assert "unknown accelerator" in error_line(capsys, "simulate", "mtcnn-rnet", "--accel", "tpu")
+    assert "ACCEL.PARAM=VALUE" in error_line(capsys, "simulate", "mtcnn-rnet", "--set", "keep=3")
+
+
+def test_simulate_weights_file(capsys, tmp_path):
+    """A weights file has no architecture: weight-only designs cost one output pixel per conv; designs
+    that read activations say so."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    rng = np.random.default_rng(0)
+    save_file({"conv.weight": torch.tensor(rng.normal(size=(8, 4, 3, 3)), dtype=torch.float32),
+               "fc.weight": torch.tensor(rng.normal(size=(5, 8)), dtype=torch.float32)}, str(path))
+    got = run_json(capsys, str(path), "--accel", "bitx,bitwave,bitvert", "--format", "int8")
+    assert whole(got, "cycles")["bitwave"] > 0
+    assert "activations" in error_line(capsys, "simulate", str(path), "--accel", "pragmatic")
+
+
+@pytest.mark.slow
+def test_export_traces_layout(capsys, tmp_path):
+    d = tmp_path / "rnet"
+    assert main(["export-traces", "mtcnn-rnet", "--dnnsim", str(d), "--activations", "2"]) == 0
+    lines = (d / "model.csv").read_text().split()
+    rows = [ln.split(",") for ln in lines]
+    assert [r[1] for r in rows] == ["conv", "conv", "conv", "fc", "fc", "fc"]
+    for name, kind, stride, pad in rows:
+        w = np.load(d / f"wgt-{name}.npy")
+        a = np.load(d / f"act-{name}-0.npy")
+        assert w.dtype == np.float32 and a.dtype == np.float32
+        assert a.shape[0] == 2 or kind == "fc"
+        if kind == "conv":
+            assert w.ndim == 4 and a.ndim == 4 and a.shape[1] == w.shape[1]
+            assert int(stride) >= 1 and int(pad) >= 0
+        else:
+            assert w.ndim == 2 and a.ndim == 2 and a.shape[1] == w.shape[1]
+    first = np.load(d / f"act-{rows[0][0]}-0.npy")
+    assert first.shape == (2, 3, 24, 24)  # RNet input, [N, C, H, W]
+    assert (d / "trace_params.csv").read_text().count("\n") == 6
+    capsys.readouterr()
+    assert "--force" in error_line(capsys, "export-traces", "mtcnn-rnet", "--dnnsim", str(d))
+    assert main(["export-traces", "mtcnn-rnet", "--dnnsim", str(d), "--force"]) == 0
+
+
+def test_accelerators_command(capsys):
+    assert main(["accelerators", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in rows} == set(ACCELERATORS)
+    assert all(r["confidence"] and r["source"] and set(r["params"]) <= set(r["cite"]) for r in rows)
