@@ -1,0 +1,156 @@
+"""Commands that study a model as a whole: `compare` (the main job), `sweep` and `report`."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .cli import app, out
+from .errors import UserError
+
+
+@app.command()
+def sweep(
+    sweep_file: str = typer.Argument(..., metavar="SWEEP.toml", help="The grid: models, formats, groups, methods, "
+                                     "accelerators (see `bitsieve.sweep` for the format)."),
+    outdir: Optional[str] = typer.Option(None, "-o", "--out", help="Output folder (default: <sweep name>-results). "
+                                         "Running again resumes an interrupted sweep there."),
+    backend: str = typer.Option("local", "--backend", help="local (a process pool) or ray."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Parallel tasks (default: one per core)."),
+    force: bool = typer.Option(False, "--force", help="Start over, discarding results already in the folder."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object with the counts and wall time."),
+):
+    """Run a design-space sweep; results go to OUT/results.sqlite (resumable) and OUT/results.csv."""
+    from . import results
+    from . import sweep as sweep_mod
+    from .io import write_atomic
+
+    sw = sweep_mod.parse(sweep_file)
+    d = Path(outdir or f"{Path(sweep_file).stem}-results")
+    if d.exists() and not d.is_dir():
+        raise UserError(f"{d} exists and is not a folder")
+    if not d.parent.exists():
+        raise UserError(f"folder {d.parent} does not exist")
+    if not json_out:
+        out.print(f"[bold]{sw.name}[/]: {len(sw.models)} models x {len(sw.formats)} formats x {len(sw.groups)} groups"
+                  f" = {len(sw.tasks)} tasks, each {len(sw.methods) + 1} method settings (original included) x "
+                  f"{len(sw.accels)} accelerators -> {d}")
+    summary = sweep_mod.run(sw, d, backend=backend, workers=workers, address=address, force=force,
+                            console=None if json_out else out)
+    with results.Store(d) as st:
+        write_atomic(d / "results.csv", results.to_csv(st.rows()), force=True)
+    summary["csv"] = str(d / "results.csv")
+    if json_out:
+        print(json.dumps(summary))
+        return
+    out.print(f"{summary['ran']} tasks run, {summary['skipped']} already done; {summary['rows']:,} rows in "
+              f"{summary['store']} ({summary['wall_s']:.1f} s, {backend}). Next: bitsieve report {d} -o report.html")
+
+
+@app.command()
+def report(
+    results_path: str = typer.Argument(..., metavar="RESULTS", help="A sweep output folder, or a CSV/JSON of rows."),
+    output: str = typer.Option("report.html", "-o", "--output", help="The HTML file to write."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+    title: Optional[str] = typer.Option(None, "--title", help="Title of the report."),
+    csv_path: Optional[str] = typer.Option(None, "--csv", help="Also write every row to this CSV file."),
+    json_out: bool = typer.Option(False, "--json", help="Print the whole-model summary as JSON."),
+):
+    """One self-contained HTML report (plots and sortable tables) from sweep or compare results."""
+    from . import report as report_mod
+    from . import results
+    from .io import check_writable, write_atomic
+
+    check_writable(output, force)
+    if csv_path:
+        check_writable(csv_path, force)
+    rows = results.load(results_path)
+    if not rows:
+        raise UserError(f"{results_path} holds no result rows")
+    report_mod.write(rows, output, force=force, title=title, source=str(results_path))
+    if csv_path:
+        write_atomic(csv_path, results.to_csv(rows), force=force)
+    if json_out:
+        recs = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+                for r in report_mod.summary(rows)]
+        print(json.dumps({"report": output, "rows": len(rows), "summary": recs}))
+        return
+    out.print(f"wrote {output} ({Path(output).stat().st_size / 1e6:.1f} MB) from {len(rows):,} rows")
+
+
+@app.command()
+def compare(
+    model: str = typer.Argument("efficientnet-lite0", help="Built-in name or a model file (default: "
+                                "efficientnet-lite0)."),
+    full: bool = typer.Option(False, "--full", help="Accuracy on the whole evaluation set (default: a quick "
+                              "subset)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Accuracy on the first N samples; 0 skips accuracy."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="HTML report (default: "
+                                         "compare-<model>.html, never overwriting an existing file)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing report (or --csv file)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
+    method: Optional[list[str]] = typer.Option(None, "--method", help="Only these methods (repeatable; default: "
+                                               "every method at its defaults)."),
+    accel: Optional[str] = typer.Option(None, "--accel", help="Only these accelerators, comma-separated "
+                                        "(default: all)."),
+    fmt: str = typer.Option("auto", "--format", help="Data format of the accelerators: auto (each design on "
+                            "its published format) or one format for all."),
+    group: int = typer.Option(64, "--group", help="Group size of the bit profile (1..64)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Parallel processes (default: one per core)."),
+    csv_path: Optional[str] = typer.Option(None, "--csv", help="Also write every result row to this CSV file."),
+):
+    """The main job: profile a model, apply every method, measure accuracy on its real task, simulate every
+    accelerator on its real weights and activations; one table and one HTML report."""
+    from . import compare as cmp
+    from . import report as report_mod
+    from . import results
+    from .io import check_writable, write_atomic
+
+    if full and limit is not None:
+        raise UserError("--full and --limit exclude each other")
+    if limit is not None and limit < 0:
+        raise UserError(f"--limit must be >= 0, got {limit}")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    path = output or cmp.default_output(model)
+    check_writable(path, force)
+    if csv_path:
+        check_writable(csv_path, force)
+    if not Path(model).suffix:
+        from .zoo import get
+
+        get(model)  # an unknown name fails now, not in a worker
+    elif not Path(model).exists():
+        raise UserError(f"cannot read {model}: no such file")
+    accels = [a.strip() for a in accel.split(",") if a.strip()] if accel else None
+    lim = None if full else ("quick" if limit is None else limit)
+    p = cmp.plan(model, methods=method or None, accels=accels, fmt=fmt, group=group, limit=lim,
+                 accuracy=lim != 0)
+    if not json_out:
+        acc = ("no accuracy" if p.limit == 0 else "accuracy on the whole evaluation set" if p.limit is None
+               else f"accuracy on {p.limit} samples")
+        out.print(f"[bold]{model}[/]: {len(p.methods)} methods x {len(p.accels)} accelerators, {acc}")
+    res = cmp.run(p, workers=workers, console=None if json_out else out)
+    rows = res["rows"]
+    report_mod.write(rows, path, force=force, title=f"bitsieve compare: {model}", source="bitsieve compare")
+    if csv_path:
+        write_atomic(csv_path, results.to_csv(rows), force=force)
+    data = cmp.table_data(rows, p)
+    if json_out:
+        def clean(x):
+            if isinstance(x, dict):
+                return {k: clean(v) for k, v in x.items()}
+            return None if isinstance(x, float) and not math.isfinite(x) else x
+
+        print(json.dumps({"model": model, "report": path, "limit": p.limit, "accelerators": p.accels,
+                          "methods": p.methods, "results": clean(data), "warnings": res["warnings"],
+                          "wall_s": res["wall_s"], "rows": len(rows)}))
+        return
+    out.print(cmp.rich_table(data, p, cmp.metric_label(model)))
+    for w in res["warnings"]:
+        out.print(f"[yellow]{w}[/]")
+    out.print(f"report: {path}   ({res['wall_s']:.0f} s, {res['workers']} workers)")

@@ -1,0 +1,194 @@
+"""`bitsieve train MODEL --method bitpruner|scflp`: the training-time methods (reconstructions from abstracts)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from .cli import app, out
+from .errors import UserError
+
+METHODS = ("bitpruner", "scflp")
+
+
+def _parse_set(items: list[str], cls) -> dict:
+    """--set key=value pairs -> typed config fields of ``cls`` (UserError for unknown keys or bad values)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    vals = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--set wants key=value, got {item!r}")
+        k, v = (s.strip() for s in item.split("=", 1))
+        k = k.replace("-", "_")
+        if k not in fields:
+            raise UserError(f"unknown {cls.__name__} parameter {k!r} (known: {', '.join(fields)})")
+        f = fields[k]
+        default = f.default
+        try:
+            if isinstance(default, bool):
+                if v.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(v)
+                vals[k] = v.lower() in ("1", "true", "yes", "on")
+            elif isinstance(default, tuple):
+                vals[k] = tuple(type(default[0])(x) for x in v.split(",") if x.strip())
+            elif isinstance(default, int):
+                vals[k] = int(v)
+            elif isinstance(default, float):
+                vals[k] = float(v)
+            else:
+                vals[k] = v
+        except ValueError:
+            raise UserError(f"--set {k}: bad value {v!r}") from None
+    return vals
+
+
+def _num(x, fmt="{:.2f}"):
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+
+
+@app.command()
+def train(
+    model: str = typer.Argument(..., help="Built-in model: lenet-mnist (MNIST), mtcnn-rnet / mtcnn-onet (faces)."),
+    method: str = typer.Option(..., "--method", help="bitpruner or scflp (both reconstructions from abstracts)."),
+    target: Optional[str] = typer.Option(None, "--target", help="bitpruner: pragmatic, laconic, bitlet or bitwave."),
+    bits: Optional[int] = typer.Option(None, "--bits", help="bitpruner: fixed-point width, 8 or 16."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="bitpruner: bit budgets, e.g. 6,5,4,3,2."),
+    rounding: Optional[bool] = typer.Option(None, "--rounding/--truncate",
+                                            help="bitpruner: nearest k-term value instead of the top k bits."),
+    tolerance: Optional[float] = typer.Option(None, "--tolerance",
+                                              help="bitpruner: accuracy points a kept round may lose (1.0)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs",
+                                           help="bitpruner: fine-tuning epochs per round; scflp: training epochs."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="bitpruner: fine-tuning steps per round (overrides epochs)."),
+    sparsity: Optional[float] = typer.Option(None, "--sparsity", help="scflp: final weight sparsity (0.9)."),
+    interval: Optional[int] = typer.Option(None, "--interval", help="scflp: prune every P iterations (100)."),
+    clp: Optional[str] = typer.Option(None, "--clp", help="scflp: stochastic, exhaustive or none."),
+    sets: List[str] = typer.Option([], "--set", help="Any other parameter: --set balance_drop=0.1 (repeatable)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every random choice: same seed, same numbers."),
+    train_limit: Optional[int] = typer.Option(None, "--train-limit", help="Train on the first N training samples."),
+    test_limit: Optional[int] = typer.Option(None, "--test-limit", help="Report on the first N test samples."),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="Checkpoint folder (manifest, weights, result.json)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out, skipping finished rounds."),
+    force: bool = typer.Option(False, "--force", help="Start over in an existing --out folder."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object (no progress bars)."),
+):
+    """Train with a training-time method and compare with its baselines on an accelerator model."""
+    from .train import bitpruner, scflp
+    from .zoo import BUILTINS
+
+    if method not in METHODS:
+        raise UserError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    if model not in BUILTINS:
+        raise UserError(f"unknown built-in model {model!r} (train needs a built-in: lenet-mnist, mtcnn-rnet, ...)")
+    if resume and not out_dir:
+        raise UserError("--resume needs --out DIR (the folder of the run to continue)")
+    if resume and force:
+        raise UserError("--resume and --force contradict each other")
+    for name, v in (("--train-limit", train_limit), ("--test-limit", test_limit), ("--steps", steps),
+                    ("--interval", interval)):
+        if v is not None and v < 1:
+            raise UserError(f"{name} must be >= 1")
+    given = {"seed": seed}
+    if method == "bitpruner":
+        for opt, v in (("--sparsity", sparsity), ("--interval", interval), ("--clp", clp)):
+            if v is not None:
+                raise UserError(f"{opt} is an scflp option")
+        cls = bitpruner.BitPrunerConfig
+        given.update({k: v for k, v in (("target", target), ("bits", bits), ("rounding", rounding),
+                                         ("tolerance", tolerance), ("epochs", epochs), ("steps", steps))
+                      if v is not None})
+        if schedule is not None:
+            try:
+                given["schedule"] = tuple(int(x) for x in schedule.split(",") if x.strip())
+            except ValueError:
+                raise UserError(f"--schedule wants integers like 6,5,4,3,2, got {schedule!r}") from None
+    else:
+        for opt, v in (("--target", target), ("--bits", bits), ("--schedule", schedule), ("--rounding", rounding),
+                       ("--tolerance", tolerance), ("--steps", steps)):
+            if v is not None:
+                raise UserError(f"{opt} is a bitpruner option")
+        cls = scflp.SCFLPConfig
+        if epochs is not None and epochs != int(epochs):
+            raise UserError("scflp --epochs must be a whole number")
+        given.update({k: v for k, v in (("sparsity", sparsity), ("interval", interval), ("clp", clp),
+                                         ("epochs", None if epochs is None else int(epochs))) if v is not None})
+    given.update(_parse_set(sets, cls))
+    try:
+        cfg = cls(**given)
+    except TypeError as e:
+        raise UserError(str(e)) from None
+    runner = bitpruner.run if method == "bitpruner" else scflp.run
+    try:
+        result = runner(model, cfg, out_dir=out_dir, resume=resume, force=force, progress=not json_out,
+                        train_limit=train_limit, test_limit=test_limit)
+    except KeyboardInterrupt:
+        if out_dir:
+            out.print(f"[yellow]interrupted: finished rounds are saved in {out_dir}; "
+                      f"run again with --resume to continue[/]")
+        raise
+    if json_out:
+        print(json.dumps(result, default=float))
+        return
+    (_print_bitpruner if method == "bitpruner" else _print_scflp)(result)
+    if out_dir:
+        out.print(f"checkpoints and result.json in {out_dir}")
+
+
+def _print_bitpruner(r: dict):
+    t = Table(title=f"BitPruner on {r['model']} ({r['format']}; {r['target']} cycles; {r['style']} cap over "
+                    f"{'/'.join(map(str, r['groups']))}-lane groups) -- reconstruction from the abstract")
+    for col in ("variant", "budget", "acc %", "val %", "zero bits %", "zero wts %", "ess bits", "cycles",
+                "x non-pr.", "x magn."):
+        t.add_column(col, justify="left" if col in ("variant", "budget") else "right", no_wrap=True)
+    cyc = {v["name"]: v["cycles"] for v in r["variants"]}
+    for v in r["variants"]:
+        sp1 = cyc["non-pruned"] / v["cycles"] if v["cycles"] and cyc["non-pruned"] else None
+        sp2 = cyc["magnitude-pruned"] / v["cycles"] if v["cycles"] and cyc["magnitude-pruned"] else None
+        level = v["method"].split(",")[0].split(":")[-1].replace("sparsity=", "s=") if v["method"] else "-"
+        t.add_row(v["name"], level, _num(v["accuracy"]), _num(v["val_accuracy"]), _num(100 * v["bit_sparsity"], "{:.1f}"),
+                  _num(100 * v["weight_sparsity"], "{:.1f}"), _num(v["mean_essential_bits"]),
+                  _num(v["cycles"], "{:,.0f}"), _num(sp1, "{:.2f}x"), _num(sp2, "{:.2f}x"))
+    out.print(t)
+    c = r["claims"]
+    bp = next(v for v in r["variants"] if v["name"] == "bitpruner")
+    sp = r["speedup"]
+    out.print(f"paper (abstract): bit sparsity up to {c['bit_sparsity_pct']}% with negligible loss; "
+              f"{c['speedup_vs_nonpruned']}x over non-pruned, {c['speedup_vs_weight_pruned']}x over weight-pruned")
+    out.print(f"here: bit sparsity {100 * bp['bit_sparsity']:.1f}%; "
+              + (f"{sp['vs_nonpruned']:.2f}x over non-pruned, {sp['vs_magnitude']:.2f}x over magnitude-pruned"
+                 if sp else "cycles n/a (no accelerator model available)"))
+
+
+def _print_scflp(r: dict):
+    out.print(f"[bold]SCFLP on {r['model']}[/] -- reconstruction from the abstracts (Kim et al. VLSI'20 / PNPU)")
+    out.print(f"dense training: accuracy {r['dense']['accuracy']:.2f}%   SCFLP: accuracy {r['scflp']['accuracy']:.2f}% "
+              f"(drop {r['accuracy_drop']:.2f} points), weight sparsity {100 * r['scflp']['weight_sparsity']:.1f}%, "
+              f"channels removed by CLP {sum(r['scflp']['channels_removed'].values())}")
+    pw = r["pruning_work"]
+    out.print(f"pruning work: {pw['computed']:,} similarity computations vs {pw['exhaustive']:,} for exhaustive CLP at "
+              f"the same {pw['steps']} steps: {100 * pw['saving']:.2f}% saved (MAC-weighted "
+              f"{100 * pw['saving_macs']:.2f}%; paper: {r['claims']['pruning_work_saving_pct']}%)")
+    t = Table(title=f"adaptive zero skipping on a PNPU lane model ({r['config']['lanes']} cores, balancer "
+                    f"{'on' if r['config']['balance'] else 'off'}): speed-up over dense training")
+    for col in ("phase", "zero in %", "zero W/dY %", "unneeded out %", "input only", "weight only",
+                "output only", "adaptive"):
+        t.add_column(col, justify="left" if col == "phase" else "right", no_wrap=True)
+    names = {"fp": "FP  Y = W X", "bp": "BP  dX = W^T dY", "wg": "WG  dW = dY X^T"}
+    for p, d in r["zero_skipping"]["phases"].items():
+        mid = d.get("skip_frac_weight", d.get("skip_frac_error"))
+        first = d["skip_frac_input"]
+        t.add_row(names[p], _num(100 * first, "{:.1f}"), _num(100 * mid, "{:.1f}"),
+                  _num(100 * d["skip_frac_output"], "{:.1f}"), _num(d["speedup_input_only"], "{:.2f}x"),
+                  _num(d["speedup_weight_only"], "{:.2f}x"), _num(d["speedup_output_only"], "{:.2f}x"),
+                  _num(d["speedup_adaptive"], "{:.2f}x"))
+    o = r["zero_skipping"]["overall"]
+    t.add_row("overall", "", "", "", _num(o["speedup_input_only"], "{:.2f}x"), _num(o["speedup_weight_only"], "{:.2f}x"),
+              _num(o["speedup_output_only"], "{:.2f}x"), _num(o["speedup_adaptive"], "{:.2f}x"), style="bold")
+    out.print(t)
+    out.print("BP input = zero dY, weight = zero W, output = dX not needed; WG input = zero X, 'weight' column = zero "
+              "dY, output = gradients of pruned weights. Paper: AIOWS 30.1x throughput over its reference processor "
+              "(a different baseline: a whole prior chip, not dense training on the same lanes).")
