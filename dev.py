@@ -29,7 +29,7 @@ def setup():
         run(sys.executable, "-m", "venv", VENV)
     pip = [PY, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     run(*pip, "torch==2.13.0")
-    run(*pip, "-e", f"{ROOT}[models,test]")
+    run(*pip, "-e", f"{ROOT}[models,test,ray]")
     run(*pip, "--no-deps", "-r", ROOT / "requirements-nodeps.txt")
     STAMP.touch()
 

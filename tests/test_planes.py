@@ -104,3 +104,10 @@ def test_quantised_values_rebuild_with_channel_scale():
     p = pack(w, "int16", group=8)
     err = np.abs(p.values() - w).max(axis=(1, 2, 3))
     assert (err <= np.abs(w).max(axis=(1, 2, 3)) / 32767 / 2 + 1e-12).all()
+
+
+def test_per_tensor_scale_on_a_matrix():
+    w = np.array([[0.5, -1.0], [2.0, 0.25]], np.float32)
+    p = pack(w, "int8", per_channel=False)
+    assert p.scale.size == 1
+    assert np.allclose(p.values(), np.rint(w / (2.0 / 127)) * (2.0 / 127))

@@ -242,6 +242,10 @@ def test_checkpoints_refuse_to_mix_runs(tmp_path):
         Checkpoints(tmp_path / "a", {"x": 2}, resume=True)
     ck = Checkpoints(tmp_path / "a", {"x": 1}, resume=True)
     assert ck.done("s")["v"] == 1 and torch.equal(ck.tensors("s")["t"], torch.zeros(2))
+    (tmp_path / "f").write_text("mine")
+    with pytest.raises(Exception, match="is a file"):
+        Checkpoints(tmp_path / "f", {"x": 1}, force=True)
+    assert (tmp_path / "f").read_text() == "mine"
 
 
 @pytest.mark.parametrize("args, msg", [

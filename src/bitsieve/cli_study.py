@@ -148,7 +148,7 @@ def compare(
 
         print(json.dumps({"model": model, "report": path, "limit": p.limit, "accelerators": p.accels,
                           "methods": p.methods, "results": clean(data), "warnings": res["warnings"],
-                          "wall_s": res["wall_s"], "rows": len(rows)}))
+                          "wall_s": res["wall_s"], "unit_seconds": res["seconds"], "rows": len(rows)}))
         return
     out.print(cmp.rich_table(data, p, cmp.metric_label(model)))
     for w in res["warnings"]:

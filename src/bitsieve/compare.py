@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from . import results
 from .errors import UserError
-from .sweep import DEFAULT_ACTIVATIONS, Setting, _default_workers, _worker_init, quick_limit
+from .sweep import DEFAULT_ACTIVATIONS, Setting, _default_workers, _worker_init, keep_freed_memory, quick_limit
 
 DEFAULT_MODEL = "efficientnet-lite0"
 #: the data format each design is published for (others: fp32 when the design takes it, else int8)
@@ -152,7 +152,7 @@ def plan(model: str = DEFAULT_MODEL, *, methods: list[str] | None = None, accels
         s = Setting(f, group, "weight", ())
         p.units.append(Unit("profile", model, tuple(specs), s, activations=activations, seed=seed))
     first = {f: True for f in fmts}
-    for a, f in sorted(chosen.items(), key=lambda kv: -COST_HINT.get(kv[0], 0.5)):
+    for a, f in chosen.items():
         if a == "dense":
             continue
         p.units.append(Unit("sim", model, tuple(specs), Setting(f, group, "weight", (a,)), activations=activations,
@@ -238,6 +238,7 @@ def _pool_unit(unit: Unit, queue) -> tuple[list[dict], float]:
 def run(p: Plan, *, workers: int | None = None, console=None) -> dict:
     """Run every unit; returns rows (accuracy rows copied into each format's section), warnings, timings."""
     workers = workers or min(_default_workers(), max(1, len(p.units)))
+    keep_freed_memory()
     bars = _Bars(console, p.units)
     out: dict[Unit, list] = {}
     warnings: list[str] = []

@@ -120,7 +120,8 @@ class Planes:
         if not f.twos:
             v = np.where(sign, -v, v)  # keeps -0.0
         if self.scale is not None:
-            v = v * np.asarray(self.scale, dtype=np.float64).reshape(-1)[self.channel_of_group()][:, None]
+            s = np.asarray(self.scale, dtype=np.float64).reshape(-1)
+            v = v * (s[self.channel_of_group()][:, None] if s.size > 1 else s[0])  # per channel or per tensor
         elif not f.is_float and f.frac:
             v = v * f.scale_of()
         return self._ungroup(v)

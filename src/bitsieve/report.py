@@ -39,6 +39,14 @@ def method_label(m: str) -> str:
 
 
 # ---- reading rows --------------------------------------------------------------------------------------
+def _accel_order() -> dict:
+    try:
+        from .accel import ACCELERATORS
+    except ImportError:  # a report needs only the rows
+        return {}
+    return {a: i for i, a in enumerate(ACCELERATORS)}
+
+
 class _Index:
     """Rows indexed by setting (model, format, group), keeping first-seen order of layers, methods, accels."""
 
@@ -65,9 +73,10 @@ class _Index:
             self.val[(s, r["layer"], r["method"], r["accel"], r["metric"])] = r["value"]
             if r["metric"] == "zero_bit_frac":
                 self.profiled[s].add(r["method"])
-        for s in self.settings:  # original first, dense first
+        order = _accel_order()
+        for s in self.settings:  # original first; dense first, then the accelerators in registry order
             self.methods[s].sort(key=lambda m: m != "")
-            self.accels[s].sort(key=lambda a: a != "dense")
+            self.accels[s].sort(key=lambda a: (a != "dense", order.get(a, len(order))))
 
     def get(self, s, metric, method="", accel="", layer=WHOLE, default=math.nan):
         return self.val.get((s, layer, method, accel, metric), default)
@@ -90,9 +99,10 @@ def summary(rows) -> list[dict]:
             common = {"model": s[0], "format": s[1], "group": s[2], "method": m, "accuracy": acc,
                       "accuracy_delta": delta, "zero_bit_frac": ix.get(s, "zero_bit_frac", m),
                       "changed_bit_frac": ix.get(s, "changed_bit_frac", m)}
-            if not ix.accels[s]:
+            ran = [a for a in ix.accels[s] if not math.isnan(ix.get(s, "cycles", m, a))]
+            if not ran:  # no accelerator (or an emulated forward pass): one record, accuracy and bits only
                 out.append({**common, "accel": "", "cycles": math.nan, "speedup": math.nan, "energy_pj": math.nan})
-            for a in ix.accels[s]:
+            for a in ran:
                 out.append({**common, "accel": a, "cycles": ix.get(s, "cycles", m, a),
                             "speedup": ix.get(s, "speedup", m, a), "energy_pj": ix.get(s, "energy_pj", m, a)})
     return out

@@ -20,9 +20,12 @@ along the flattened channel-last (tap, channel) axis (``grouping=flat``: a depth
 group). Confidence: **exact (RTL)** for the group numerics (bit for bit equal to ``pe_dot``); how a real
 Bitlet accelerator tiles a layer into groups is not published (decision 1 is bitsieve's choice).
 
-Speed: im2col + one Numba kernel per layer, vectorised over output channels, blocked for the cache;
-zero activations are skipped (they cannot change E.max unless the group's largest weight exponent beats
-every non-zero pair, which is checked exactly). Depthwise layers with 1-pair groups are pure NumPy.
+Speed: one Numba kernel per layer, no per-group Python. Convs with many output pixels run a kernel
+vectorised over pixels (activations decoded once per group and reused by every output); linear layers and
+small feature maps run one vectorised over output channels that skips zero activations (a zero pair can
+only matter through E.max, which is corrected exactly where the group's largest weight exponent could beat
+the non-zero pairs). Depthwise convs read the padded input directly (1-pair groups: a truncated product).
+Sums stay exact: each float64 accumulator receives at most 32 products < 2^48.
 """
 from __future__ import annotations
 
@@ -110,8 +113,8 @@ def _pack_vec(a0, a1, em, strict, vd, rv):
         e = (bits >> 52) & 0x7FF
         ok = np.int64((e >= 897) & (e <= 1150) & (abs(a0[j] + a1[j]) < TWO53))  # binary32 exponent 1..254
         word = ((bits >> 32) & np.int64(0x80000000)) | (((bits >> 29) & np.int64(0x3FFFFFFFF)) - np.int64(896 << 23))
-        rv[j] = np.uint32(word * ok)
-        slow += 1 - ok
+        rv[j] = np.uint32(word * ok)  # a zero sum gives +0
+        slow += 1 - (ok | np.int64((bits << 1) == 0))
     if slow:  # zeros (fine as they are), tiny, huge or >= 2^53 sums: the PE's integer packer
         for j in range(n):
             s = a0[j] + a1[j]
@@ -198,7 +201,8 @@ def _bitlet_gemm(A, kmap, weT, wf, gstart, glen, runs, strict, bias, out, oblock
     rf = rv.view(np.float32)
     for o0 in range(0, O, oblock):
         ob = min(oblock, O - o0)
-        emb, rsb, a0b, a1b, tmb, vdb, rvb, rfb = em[:ob], rs[:ob], a0[:ob], a1[:ob], tmp[:ob], vd[:ob], rv[:ob], rf[:ob]
+        emb, rsb, a0b, a1b = em[:ob], rs[:ob], a0[:ob], a1[:ob]
+        tmb, vdb, rvb, rfb = tmp[:ob], vd[:ob], rv[:ob], rf[:ob]
         for g in range(G):
             k0 = gstart[g]
             k1 = k0 + glen[g]
@@ -241,7 +245,8 @@ def _bitlet_gemm(A, kmap, weT, wf, gstart, glen, runs, strict, bias, out, oblock
                     # halves (each at most 32 products < 2^48, so every partial sum is exact in float64)
                     for t in range(cnt):
                         acc = a1b if t & 1 else a0b
-                        _accumulate(acc, wf[nzk[t], o0:o0 + ob], rsb, POW2A[nze[t]], nza[t], runs, scl, sch, fac, tmb)
+                        frow = wf[nzk[t], o0:o0 + ob]
+                        _accumulate(acc, frow, rsb, POW2A[nze[t]], nza[t], runs, scl, sch, fac, tmb)
                     _pack_vec(a0b, a1b, emb, strict, vdb, rvb)
                     for j in range(ob):
                         orow[j] = orow[j] + rfb[j]
@@ -349,6 +354,28 @@ def _bitlet_gemm_px(A, kmap, we, wf, gstart, glen, runs, strict, out, lblock):
                         orow[x] = orow[x] + rfb[x]
 
 
+@nb.njit(cache=True)
+def _product_tap(seg, segf, w, hid, vd, rv):
+    """One tap of a 1-pair-group depthwise conv over a row of pixels: rv = binary32 words of the products,
+    truncated; returns how many need the integer packer (zero, tiny or huge results)."""
+    vi = vd.view(np.int64)
+    n = seg.shape[0]
+    for x in range(n):
+        u = seg[x]
+        a = np.float64(segf[x])
+        sub = ((u & np.uint32(0x7F800000)) == 0) & ((u & np.uint32(0x7FFFFF)) != 0) & hid
+        vd[x] = (a + np.float64(sub) * np.copysign(SUB, a)) * w
+    slow = 0
+    for x in range(n):
+        bits = vi[x]
+        e = (bits >> 52) & 0x7FF
+        ok = np.int64((e >= 897) & (e <= 1150))  # binary32 exponent 1..254
+        word = ((bits >> 32) & np.int64(0x80000000)) | (((bits >> 29) & np.int64(0x3FFFFFFFF)) - np.int64(896 << 23))
+        rv[x] = np.uint32(word * ok)  # a zero product gives +0, as the PE does
+        slow += 1 - (ok | np.int64((bits << 1) == 0))
+    return slow
+
+
 @nb.njit(cache=True, nogil=True)
 def _single_pair_depthwise(X, Xf, we, wm, wp, kw, sh, sw, dh, dw, prune, strict, bias, out):
     """Depthwise conv with one pair per group (``grouping=tap``): the PE result is the product of the
@@ -373,20 +400,12 @@ def _single_pair_depthwise(X, Xf, we, wm, wp, kw, sh, sw, dh, dw, prune, strict,
                     row = X[n, c, oy * sh + ty * dh]
                     rowf = Xf[n, c, oy * sh + ty * dh]
                     w = wp[c, k]
-                    for x in range(Wo):
-                        u = row[tx * dw + x * sw]
-                        a = np.float64(rowf[tx * dw + x * sw])
-                        sub = ((u & np.uint32(0x7F800000)) == 0) & ((u & np.uint32(0x7FFFFF)) != 0) & hid
-                        vd[x] = (a + np.float64(sub) * np.copysign(SUB, a)) * w
-                    slow = 0
-                    for x in range(Wo):
-                        bits = vi[x]
-                        e = (bits >> 52) & 0x7FF
-                        ok = np.int64((e >= 897) & (e <= 1150))
-                        word = ((bits >> 32) & np.int64(0x80000000)) | (
-                            ((bits >> 29) & np.int64(0x3FFFFFFFF)) - np.int64(896 << 23))
-                        rv[x] = np.uint32(word * ok)
-                        slow += 1 - ok
+                    b0 = tx * dw
+                    if sw == 1:  # contiguous taps: a separately compiled, vectorised specialisation
+                        slow = _product_tap(row[b0:b0 + Wo], rowf[b0:b0 + Wo], w, hid, vd, rv)
+                    else:
+                        b1 = b0 + (Wo - 1) * sw + 1
+                        slow = _product_tap(row[b0:b1:sw], rowf[b0:b1:sw], w, hid, vd, rv)
                     if slow:
                         for x in range(Wo):
                             v = vd[x]

@@ -165,15 +165,7 @@ def check_format(name: str, method: str, *, floats: bool = True, ints: bool = Tr
 def pack_for(weight: np.ndarray, fmt: formats.Format, group: int, align: str, per_channel: bool = True) -> Planes:
     """Pack a float weight tensor: floats are cast (and aligned), integers are quantised with the symmetric
     rule of decision 2 (one scale per output channel, or per tensor), fixed point uses its own scale."""
-    w = np.asarray(weight, dtype=np.float32)
-    if fmt.is_float:
-        return pack(w, fmt, group, align)
-    if fmt.frac or fmt.name.startswith("q"):
-        return pack(w, fmt, group, "none")
-    q, scale = formats.get(f"int{fmt.width}").quantize(w, axis=0 if per_channel and w.ndim >= 2 else None)
-    if w.ndim >= 2:  # one entry per output channel, also for a per-tensor scale
-        scale = np.broadcast_to(np.asarray(scale, dtype=np.float64), (w.shape[0],)).copy()
-    return pack_raw(fmt.encode(q), fmt, group, "none", scale=scale)
+    return pack(np.asarray(weight, dtype=np.float32), fmt, group, align, per_channel=per_channel)
 
 
 def group_view(a: np.ndarray, p: Planes) -> np.ndarray:

@@ -282,6 +282,10 @@ class Checkpoints:
         self.loaded: list[str] = []
         if self.dir is None:
             return
+        if self.dir.exists() and not self.dir.is_dir():
+            raise UserError(f"{self.dir} is a file, not a checkpoint folder")
+        if not self.dir.parent.exists():
+            raise UserError(f"folder {self.dir.parent} does not exist")
         man = self.dir / "manifest.json"
         if man.exists():
             try:

@@ -349,7 +349,7 @@ class Pruner:
             return
         self.sim["steps"] += 1
         if self.cfg.clp != "none":
-            for li, (name, m) in enumerate(self.layers[:-1]):  # never the classifier
+            for name, m in self.layers[:-1]:  # never the classifier
                 self._clp(name, m, it)
         for name, m in self.layers:
             w = (m.weight.detach() * self.masks[name]).abs().flatten()
