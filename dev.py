@@ -39,7 +39,7 @@ def main():
     setup()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     if task == "demo":
-        run(VENV / "bin" / "bitsieve", "profile", "efficientnet-lite0", *sys.argv[2:], env=env, cwd=ROOT)
+        run(VENV / "bin" / "bitsieve", "compare", *(sys.argv[2:] or ["efficientnet-lite0", "-o", "report.html", "--force"]), env=env, cwd=ROOT)
     elif task == "test":
         run(PY, "-m", "pytest", "-q", *sys.argv[2:], env=env, cwd=ROOT)
     elif task != "setup":
