@@ -74,7 +74,7 @@ def test_compare_plan_covers_everything():
 
     p = compare.plan("efficientnet-lite0")
     assert p.methods == list(methods.REGISTRY) and set(p.accels) == set(ACCELERATORS)
-    assert p.limit == 100
+    assert p.limit == 50
     kinds = [u.kind for u in p.units]
     assert kinds[:2] == ["accuracy", "accuracy"]  # first: the slow emulated forward pass (Bitlet), on its own
     assert p.units[0].methods == ("bitlet",) and "bitlet" not in p.units[1].methods

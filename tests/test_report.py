@@ -45,7 +45,8 @@ def synthetic_rows(models=("netA",), fmts=("fp32",), groups=(64,), n_layers=6, s
                         rows.append(row(model, "*", "speedup", sp, method=m, accel=a, **kw))
                         rows.append(row(model, "*", "cycles", 1e6 / sp, method=m, accel=a, **kw))
                         parts = {"compute": 1e6 / sp, "sram": 3e5, "dram": 5e5}
-                        rows += [row(model, "*", f"energy_pj.{p}", e, method=m, accel=a, **kw) for p, e in parts.items()]
+                        rows += [row(model, "*", f"energy_pj.{p}", e, method=m, accel=a, **kw)
+                                 for p, e in parts.items()]
                         rows.append(row(model, "*", "energy_pj", sum(parts.values()), method=m, accel=a, **kw))
     return rows
 

@@ -144,10 +144,9 @@ def main(argv=None) -> int:
         msg = e.format_message() if hasattr(e, "format_message") else str(e)
         print(f"bitsieve: error: {' '.join(msg.split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("bitsieve: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         return 0
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

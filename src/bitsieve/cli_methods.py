@@ -13,15 +13,6 @@ from .cli import app, out
 from .errors import UserError
 
 
-def _accelerators() -> dict:
-    """The accelerator registry when the accel package provides one (tolerates its absence)."""
-    try:
-        from .accel import ACCELERATORS  # type: ignore[attr-defined]
-    except ImportError:
-        return {}
-    return dict(ACCELERATORS)
-
-
 def _overrides(fmt: Optional[str], group: Optional[int]) -> dict:
     return {"format": fmt, "group": group}
 
@@ -29,7 +20,9 @@ def _overrides(fmt: Optional[str], group: Optional[int]) -> dict:
 @app.command("methods")
 def methods_cmd(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """List every bit-level method and every accelerator model, with its source and confidence."""
+    from .accel import ACCELERATORS
     from .methods import REGISTRY
+    from .train import bitpruner, scflp
 
     rows = []
     for m in REGISTRY.values():
@@ -37,9 +30,13 @@ def methods_cmd(json_out: bool = typer.Option(False, "--json", help="Machine-rea
                      "description": m.description, "applies": m.kind,
                      "params": [{"name": p.name, "type": p.kind, "default": p.default, "doc": p.doc,
                                  **({"choices": list(p.choices)} if p.choices else {})} for p in m.params]})
-    for name, acc in _accelerators().items():
-        rows.append({"kind": "accelerator", "name": name, "confidence": str(getattr(acc, "confidence", "")),
-                     "source": str(getattr(acc, "source", "")), "description": str(getattr(acc, "doc", ""))})
+    for mod, name, what in ((bitpruner, "bitpruner", "training: progressive, load-balanced pruning of weight bits"),
+                            (scflp, "scflp", "training: stochastic coarse-fine pruning + adaptive zero skipping")):
+        rows.append({"kind": "training", "name": name, "confidence": "reconstructed (patent/abstract)",
+                     "source": mod.SOURCE, "description": what + " (bitsieve train)"})
+    for name, acc in ACCELERATORS.items():
+        rows.append({"kind": "accelerator", "name": name, "confidence": str(acc.confidence),
+                     "source": " ".join(str(acc.source).split()), "description": " ".join(str(acc.doc).split())})
     if json_out:
         print(json.dumps(rows, indent=1, default=str))
         return

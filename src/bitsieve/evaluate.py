@@ -33,7 +33,7 @@ from .methods import bitlet as bitlet_mod
 
 TASKS = ("imagenet", "mnist", "faces", "stsb")
 METRIC = {"imagenet": "top1", "mnist": "top1", "faces": "accuracy", "stsb": "spearman"}
-BATCH = {"imagenet": 50, "mnist": 1000, "faces": 200, "stsb": 64}
+BATCH = {"imagenet": 16, "mnist": 1000, "faces": 200, "stsb": 64}
 ACT_SAMPLES = 8  # real samples whose activations feed the score=exact methods
 
 
@@ -86,7 +86,8 @@ def _batches(task: str, builtin, root, limit):
             yield lenet.preprocess(images[i:i + BATCH[task]]), labels[i:i + BATCH[task]]
     elif task == "faces":
         images, labels = data.faces()
-        images, labels = images[:limit], labels[:limit]
+        order = np.argsort(np.arange(len(labels)) % (len(labels) // 2), kind="stable")  # face, non-face, ...
+        images, labels = images[order][:limit], labels[order][:limit]
         stage = name.split("-", 1)[1]
         for i in range(0, len(images), BATCH[task]):
             yield mtcnn.preprocess(images[i:i + BATCH[task]], stage), labels[i:i + BATCH[task]]

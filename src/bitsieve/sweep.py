@@ -29,10 +29,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 import os
 import re
-import sys
 import time
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -43,7 +41,7 @@ from . import results
 from .errors import UserError
 
 #: the quick evaluation subset of each task (samples): compare's default and a sweep's without eval_limit
-QUICK_LIMIT = {"imagenet": 100, "mnist": 2000, "faces": 200, "stsb": 500}
+QUICK_LIMIT = {"imagenet": 50, "mnist": 2000, "faces": 200, "stsb": 500}
 TOP_KEYS = ("name", "models", "formats", "groups", "align", "accelerators", "accels", "methods", "eval_limit",
             "activations", "seed")
 DEFAULT_ACTIVATIONS = 2
@@ -604,11 +602,12 @@ def profile_rows(task: Task, model: str, layers, planes: dict, method: str, base
         st = stats(c)
         rows += [results.row(model, L.name, k, st[k], **kw)
                  for k in ("values", "zero_value_frac", "zero_bit_frac", "mean_essential_bits")]
-        rows += [results.row(model, L.name, f"occupancy_s{i:02d}", v, **kw) for i, v in enumerate(st["plane_occupancy"])]
+        rows += [results.row(model, L.name, f"occupancy_s{i:02d}", v, **kw)
+                 for i, v in enumerate(st["plane_occupancy"])]
         ess = np.bitwise_count(p.magnitudes())
         valid = ((p.valid[:, None] >> np.arange(p.group, dtype=np.uint64)) & np.uint64(1)).astype(bool)
         h = np.bincount(ess[valid].ravel(), minlength=p.nbits + 1)
-        hist = h if hist is None else hist + np.pad(h, (0, max(0, len(hist) - len(h))))[: max(len(h), len(hist))]
+        hist = h if hist is None else hist + h  # one format per setting: the same number of planes
         if base is not None:
             b = base[L.name]
             if b.words.shape == p.words.shape:
