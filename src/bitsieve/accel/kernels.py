@@ -123,6 +123,24 @@ def pragmatic_cycles(masks: np.ndarray, bits_first_stage: int) -> np.ndarray:
 
 
 # ---- column synchronisation (DNNsim process_convolution) ------------------------------------------------
+@nb.njit(inline="always")
+def _release_columns(end, prev, ncol, registers):
+    """Run-ahead registers: no column may start a set before the set `registers` back has finished on every
+    column; returns the finish time of the current set (the slowest column)."""
+    p0 = prev[0]
+    for c in range(ncol):
+        if end[c] <= p0:
+            end[c] = p0 + 1
+    mx = end[0]
+    for c in range(1, ncol):
+        if end[c] > mx:
+            mx = end[c]
+    for k in range(registers - 1):
+        prev[k] = prev[k + 1]
+    prev[registers - 1] = mx
+    return mx
+
+
 @nb.njit(cache=True, nogil=True)
 def _sync_kernel(cost, active, registers, out):
     S, C = cost.shape
@@ -134,17 +152,7 @@ def _sync_kernel(cost, active, registers, out):
             if active[s, c]:
                 end[c] += cost[s, c]
                 busy += cost[s, c]
-        p0 = prev[0]
-        for c in range(C):
-            if end[c] <= p0:
-                end[c] = p0 + 1
-        mx = end[0]
-        for c in range(1, C):
-            if end[c] > mx:
-                mx = end[c]
-        for k in range(registers - 1):
-            prev[k] = prev[k + 1]
-        prev[registers - 1] = mx
+        _release_columns(end, prev, C, registers)
     mx = np.int64(0)
     for c in range(C):
         if end[c] > mx:
@@ -495,17 +503,7 @@ def _tactical_kernel(M, gcost, ghi, glo, pat_off, pat_start, pat_n, goff, execd,
                             end[g] += cy
                             busy += cy
                     if registers > 0:
-                        p0 = prev[0]
-                        for c in range(ncol):
-                            if end[c] <= p0:
-                                end[c] = p0 + 1
-                        mx = end[0]
-                        for c in range(1, ncol):
-                            if end[c] > mx:
-                                mx = end[c]
-                        for k in range(registers - 1):
-                            prev[k] = prev[k + 1]
-                        prev[registers - 1] = mx
+                        mx = _release_columns(end, prev, ncol, registers)
                     else:
                         mx = end[0]
                         for c in range(1, ncol):
