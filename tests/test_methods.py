@@ -426,8 +426,8 @@ def pe_group_sum(w, a, starts, lens, prune, strict):
 
 
 @given(st.integers(1, 150), st.integers(1, 5), st.integers(1, 4), st.sampled_from([0xFFFFFF, 0xFF0000, 0x0F0F0F]),
-       st.booleans(), st.data())
-def test_bitlet_matmul_equals_pe_dot(k, o, p, prune, strict, data):
+       st.booleans(), st.sampled_from(["outputs", "columns"]), st.data())
+def test_bitlet_matmul_equals_pe_dot(k, o, p, prune, strict, kernel, data):
     rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32)))
     x = (rng.standard_normal((p, k)) * np.exp2(rng.integers(-130, 20, (p, k)))).astype(np.float32)
     x[rng.random((p, k)) < 0.3] = 0
@@ -435,20 +435,24 @@ def test_bitlet_matmul_equals_pe_dot(k, o, p, prune, strict, data):
     w[rng.random((o, k)) < 0.1] = 0
     starts = np.arange(0, k, 64)
     lens = np.minimum(64, k - starts)
-    out = bitlet_matmul(x, w, starts, lens, prune=prune, strict_ieee=strict)
+    out = bitlet_matmul(x, w, starts, lens, prune=prune, strict_ieee=strict, kernel=kernel)
     for i in range(p):
         for j in range(o):
             assert out[i, j].view(np.uint32) == pe_group_sum(w[j], x[i], starts, lens, prune, strict).view(np.uint32)
 
 
 @pytest.mark.parametrize("grouping", ["tap", "flat"])
-@pytest.mark.parametrize("kind", ["conv", "depthwise", "pointwise", "strided1x1", "linear"])
+@pytest.mark.parametrize("kind", ["conv", "depthwise", "depthwise_tiny", "pointwise", "strided1x1", "linear"])
 def test_bitlet_layers_equal_pe_dot(kind, grouping):
     torch.manual_seed(0)
     if kind == "conv":
         mod, x = torch.nn.Conv2d(5, 3, 3, stride=2, padding=1), torch.randn(2, 5, 7, 6)
     elif kind == "depthwise":
         mod, x = torch.nn.Conv2d(4, 4, 3, padding=1, groups=4), torch.randn(2, 4, 5, 5)
+    elif kind == "depthwise_tiny":  # strided, with subnormal activations and products below binary32's range
+        mod = torch.nn.Conv2d(3, 3, 5, stride=2, padding=2, groups=3, bias=False)
+        x = torch.randn(2, 3, 9, 8) * torch.exp2(torch.randint(-150, 2, (2, 3, 9, 8)).float())
+        x[:, 0] = torch.randn(2, 9, 8) * 2.0 ** -127  # a channel of only tiny values: nothing else to hide them
     elif kind == "pointwise":
         mod, x = torch.nn.Conv2d(70, 3, 1, bias=False), torch.relu(torch.randn(1, 70, 30, 30))
     elif kind == "strided1x1":

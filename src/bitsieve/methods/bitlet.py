@@ -20,12 +20,17 @@ along the flattened channel-last (tap, channel) axis (``grouping=flat``: a depth
 group). Confidence: **exact (RTL)** for the group numerics (bit for bit equal to ``pe_dot``); how a real
 Bitlet accelerator tiles a layer into groups is not published (decision 1 is bitsieve's choice).
 
-Speed: one Numba kernel per layer, no per-group Python. Convs with many output pixels run a kernel
-vectorised over pixels (activations decoded once per group and reused by every output); linear layers and
-small feature maps run one vectorised over output channels that skips zero activations (a zero pair can
-only matter through E.max, which is corrected exactly where the group's largest weight exponent could beat
-the non-zero pairs). Depthwise convs read the padded input directly (1-pair groups: a truncated product).
-Sums stay exact: each float64 accumulator receives at most 32 products < 2^48.
+Speed: one Numba kernel per layer, no per-group Python; the batch and the output pixels form one axis
+of columns. A weight is kept as the float64 bits of its signed significand with its exponent added, so
+aligning it to a group's E.max is one integer add of (Ae - E.max) << 52 and truncating it one vroundpd;
+products of 24-bit significands and their sums are exact in float64 (each accumulator receives at most
+32 products < 2^48). Two kernels: one vectorised over output channels that skips zero activations (a
+zero pair can only matter through E.max, which is corrected exactly where the group's largest weight
+exponent could beat the non-zero pairs), and one vectorised over columns for layers with few outputs
+and short groups (activations decoded once per group and reused by every output). Depthwise convs read
+the padded input directly (1-pair groups: a truncated product per tap, vectorised over the plane).
+The bound: about 4 vector operations per 4 multiply-accumulates (add, subtract, round, fused
+multiply-add), so one AVX2 core emulates a few GMAC/s.
 """
 from __future__ import annotations
 
@@ -34,6 +39,9 @@ import contextlib
 import numba as nb
 import numpy as np
 import torch
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
@@ -42,9 +50,12 @@ from ..errors import UserError
 from .core import Method, Param
 
 GROUPINGS = ("tap", "flat")
-PX_MIN_PIXELS = 150  # convs with at least this many output pixels run the pixel-vectorised kernel
+OBLOCK = 256  # outputs per block of the output-vectorised kernel
+PBLOCK = 256  # columns per block of the column-vectorised kernel
+COLS_MAX_OUT, COLS_MAX_GROUP = 64, 32  # see use_columns
 TWO53 = float(2 ** 53)
-SUB = 2.0 ** -126  # the hidden 1 the PE gives a subnormal activation
+SUB = 2.0 ** -126  # the hidden 1 the PE gives a subnormal activation; the smallest normal binary32
+BIG = 2.0 ** 128  # the first value past binary32's range
 
 
 # ---- operand decomposition ------------------------------------------------------------------------------
@@ -75,7 +86,26 @@ def prune_runs(prune: int) -> np.ndarray:
 
 POW2A = np.ldexp(1.0, np.arange(256) - 127)  # 2^(Ae - 127)
 RSCALE = np.ldexp(1.0, 254 - np.arange(511))  # 2^(254 - E.max)
-OSCALE = np.ldexp(1.0, np.arange(511) - 300)  # 2^(E.max - 300): the value of one accumulator unit
+
+
+ZERO_WORD = int(np.float64(2.0 ** -400).view(np.int64))  # a zero weight: below 1 after any alignment
+
+
+def weight_words(w: np.ndarray):
+    """float32 weights -> (We int32, int64 words): the float64 bits of the signed significand with We
+    added to the exponent field, so that adding (Ae - E.max) << 52 gives the aligned, untruncated weight
+    significand x 2^(We + Ae - E.max). A zero weight becomes 2^-400, which truncates to 0 whatever the
+    shift (exponent fields stay within 90..1300: no wrap)."""
+    e, wf = split_weights(w)
+    words = wf.view(np.int64) + (np.int64(127) << 52)
+    return e, np.where(wf == 0, ZERO_WORD, words)
+
+
+def use_columns(o: int, glen: np.ndarray) -> bool:
+    """Whether the column-vectorised kernel is the faster one for a layer of ``o`` outputs and these
+    group lengths (measured layer by layer on efficientnet-lite0: few outputs or short groups; the
+    output-vectorised kernel wins elsewhere, most where activations are sparse)."""
+    return o < COLS_MAX_OUT or float(np.mean(glen)) <= COLS_MAX_GROUP
 
 
 # ---- the kernels ----------------------------------------------------------------------------------------
@@ -123,60 +153,75 @@ def _pack_vec(a0, a1, em, strict, vd, rv):
                 rv[j] = _pack_fp(np.int64(a0[j]) + np.int64(a1[j]), np.int64(em[j]), strict)
 
 
-@nb.njit(cache=True)
-def _accumulate(acc, wrow, rs, q, a, runs, scl, sch, fac, tmp):
-    """acc += a * ((aligned weight) & prune) for one activation (a, 2^(Ae-127) = q) against a weight
-    row: aligned weight = trunc(|significand| * 2^(We + Ae - E.max)), the prune mask as runs."""
-    n = acc.shape[0]
-    nr = runs.shape[0]
-    if nr == 1 and runs[0, 1] >= 23:  # one run up to the top significance: a single truncation
-        qa = q * scl[0]
-        al = a * 2.0 ** runs[0, 0]
-        for j in range(n):
-            acc[j] += al * np.trunc(wrow[j] * (rs[j] * qa))
-        return
-    for j in range(n):
-        tmp[j] = wrow[j] * (rs[j] * q)
-    for r in range(nr):
-        al = a * 2.0 ** runs[r, 0]
-        sl = scl[r]
-        if runs[r, 1] >= 23:
-            for j in range(n):
-                acc[j] += al * np.trunc(tmp[j] * sl)
-        else:
-            sh = sch[r]
-            fc = fac[r]
-            for j in range(n):
-                acc[j] += al * (np.trunc(tmp[j] * sl) - np.trunc(tmp[j] * sh) * fc)
+def _bitcast(src, dst, llvm_dst):
+    @intrinsic
+    def cast(typingctx, x):
+        def codegen(context, builder, sig, args):
+            return builder.bitcast(args[0], llvm_dst)
+        return dst(src), codegen
+    return cast
+
+
+# free reinterpretations that keep loops vectorisable (a view of one buffer as two types does not)
+_as_f64 = _bitcast(types.int64, types.float64, ir.DoubleType())
+_as_i64 = _bitcast(types.float64, types.int64, ir.IntType(64))
+_as_f32 = _bitcast(types.uint32, types.float32, ir.FloatType())
+
+
+@nb.njit(cache=True, inline="always")
+def _decode(u, hid, dn):
+    """The PE's activation unpack of one binary32 word, branch-free: (Ae, Ae << 52 - dn, signed
+    significand). A subnormal reads exponent 1, with a hidden 1 when ``hid``."""
+    e = np.int64((u >> np.uint32(23)) & np.uint32(0xFF))
+    f = np.int64(u & np.uint32(0x7FFFFF))
+    sub = np.int64((e == 0) & (f != 0))
+    ee = e | sub
+    m = np.float64(f | (((e != 0) | (sub & hid)) << 23))
+    return ee, (ee << 52) - dn, (-m if u >> np.uint32(31) else m)
+
+
+@nb.njit(cache=True, inline="always")
+def _acc_runs(acc, v, am, ups, scl, sch, fac):
+    """acc += am * (trunc(v) & prune) * 2^lo, for a prune mask of several runs [lo, hi] of significances:
+    bits lo..hi of trunc(v) are trunc(v 2^-lo) - trunc(v 2^-(hi+1)) 2^(hi+1-lo) (exact)."""
+    for r in range(scl.shape[0]):
+        for x in range(acc.shape[0]):
+            acc[x] += (am[x] * ups[r]) * (np.trunc(v[x] * scl[r]) - np.trunc(v[x] * sch[r]) * fac[r])
 
 
 @nb.njit(cache=True)
-def _run_scales(runs):
+def _prune_plan(runs):
+    """(fast, up, dn, ups, scl, sch, fac): a single run up to the top significance ('fast') is one
+    truncation of the weight shifted down by lo (dn = lo << 52), the activation scaled up by 2^lo."""
+    fast = runs.shape[0] == 1 and runs[0, 1] >= 23
+    lo = runs[0, 0] if fast else 0
     nr = runs.shape[0]
+    ups = np.empty(nr, np.float64)
     scl = np.empty(nr, np.float64)
     sch = np.empty(nr, np.float64)
     fac = np.empty(nr, np.float64)
     for r in range(nr):
+        ups[r] = 2.0 ** runs[r, 0]
         scl[r] = 2.0 ** (-runs[r, 0])
         sch[r] = 2.0 ** (-(runs[r, 1] + 1))
         fac[r] = 2.0 ** (runs[r, 1] + 1 - runs[r, 0])
-    return scl, sch, fac
+    return fast, 2.0 ** lo, np.int64(lo) << 52, ups, scl, sch, fac
 
 
-@nb.njit(cache=True, nogil=True)
-def _bitlet_gemm(A, kmap, weT, wf, gstart, glen, runs, strict, bias, out, oblock):
-    """out[n, l, o] = fp32 sum over groups g of Bitlet(group g of column (n, l), weights of o), + bias[o].
+@nb.njit(cache=True, nogil=True, fastmath={"contract"})
+def _gemm_outputs(A, kmap, weT, wbT, gstart, glen, runs, strict, out, oblock):
+    """out[p, o] = fp32 sum over groups g of Bitlet(pairs k of group g: weight (k, o), activation
+    A[kmap[k], p]), vectorised over the outputs o and skipping zero activations.
 
-    A uint32 [N, R, L] activation words (any strides; row kmap[k] holds dot-product index k);
-    weT int32 [K, O] weight exponents, wf float64 [K, O] = signed significand * 2^(We-127);
-    groups: k in [gstart[g], gstart[g] + glen[g]), at most 64; runs: the prune mask as [lo, hi] runs.
-    Vectorised over output channels, blocked by ``oblock`` outputs for the cache; zero activations are
-    skipped (E.max is corrected exactly where a zero pair's weight exponent could exceed it).
-    """
-    N, R, L = A.shape
+    A uint32 [R, P] activation words; weT int32 [K, O] weight exponents; wbT int64 [K, O] weight words
+    (``weight_words``); groups k in [gstart[g], gstart[g] + glen[g]) of at most 64 pairs; runs: the prune
+    mask as [lo, hi] runs. A zero pair can only matter through E.max: it is corrected exactly where the
+    group's largest weight exponent could beat the non-zero pairs. Blocked by ``oblock`` outputs."""
+    P = A.shape[1]
     O = weT.shape[1]
     G = gstart.shape[0]
-    scl, sch, fac = _run_scales(runs)
+    fast, up, dn, ups, scl, sch, fac = _prune_plan(runs)
+    hid = 0 if strict else 1
     wemax = np.zeros((G, O), np.int32)
     for g in range(G):
         for k in range(gstart[g], gstart[g] + glen[g]):
@@ -184,196 +229,157 @@ def _bitlet_gemm(A, kmap, weT, wf, gstart, glen, runs, strict, bias, out, oblock
             wm = wemax[g]
             for o in range(O):
                 wm[o] = max(wm[o], row[o])
-    for n in range(N):
-        for l in range(L):
-            for o in range(O):
-                out[n, l, o] = -0.0
+    for p in range(P):
+        for o in range(O):
+            out[p, o] = -0.0
     nzk = np.empty(64, np.int64)
     nze = np.empty(64, np.int32)
+    nzb = np.empty(64, np.int64)
     nza = np.empty(64, np.float64)
     em = np.empty(oblock, np.int32)
-    rs = np.empty(oblock, np.float64)
+    emx = np.empty(oblock, np.int64)
     a0 = np.empty(oblock, np.float64)
     a1 = np.empty(oblock, np.float64)
-    tmp = np.empty(oblock, np.float64)
-    vd = np.empty(oblock, np.float64)
+    v = np.empty(oblock, np.float64)
+    amb = np.empty(oblock, np.float64)
     rv = np.empty(oblock, np.uint32)
     rf = rv.view(np.float32)
     for o0 in range(0, O, oblock):
         ob = min(oblock, O - o0)
-        emb, rsb, a0b, a1b = em[:ob], rs[:ob], a0[:ob], a1[:ob]
-        tmb, vdb, rvb, rfb = tmp[:ob], vd[:ob], rv[:ob], rf[:ob]
+        emb, emxb, a0b, a1b, vb, ambb, rvb, rfb = em[:ob], emx[:ob], a0[:ob], a1[:ob], v[:ob], amb[:ob], rv[:ob], rf[:ob]
         for g in range(G):
             k0 = gstart[g]
             k1 = k0 + glen[g]
             wem = wemax[g, o0:o0 + ob]
-            for n in range(N):
-                for l in range(L):
-                    cnt = 0
-                    for k in range(k0, k1):
-                        e, m = _act(A[n, kmap[k], l], strict)
-                        if m != 0.0:
-                            nzk[cnt] = k
-                            nze[cnt] = np.int32(e)
-                            nza[cnt] = m
-                            cnt += 1
-                    orow = out[n, l, o0:o0 + ob]
-                    if cnt == 0:  # every product is zero: the PE returns +0
-                        for j in range(ob):
-                            orow[j] = orow[j] + np.float32(0.0)
-                        continue
-                    # pass 1: E.max over the non-zero pairs, then over zero pairs where they could matter
+            for p in range(P):
+                cnt = 0
+                for k in range(k0, k1):
+                    u = A[kmap[k], p]
+                    if u & np.uint32(0x7FFFFFFF):
+                        ee, eb, m = _decode(u, hid, dn)
+                        nzk[cnt] = k
+                        nze[cnt] = np.int32(ee)
+                        nzb[cnt] = eb
+                        nza[cnt] = m * up
+                        cnt += 1
+                orow = out[p, o0:o0 + ob]
+                if cnt == 0:  # every product is zero: the PE returns +0
                     for j in range(ob):
-                        emb[j] = -1
-                    for t in range(cnt):
-                        wrow = weT[nzk[t], o0:o0 + ob]
-                        a_e = nze[t]
-                        for j in range(ob):
-                            emb[j] = max(emb[j], wrow[j] + a_e)
-                    if cnt < k1 - k0:
-                        for j in range(ob):
-                            if emb[j] < wem[j]:
-                                for k in range(k0, k1):
-                                    e, m = _act(A[n, kmap[k], l], strict)
-                                    if m == 0.0 and weT[k, o0 + j] > emb[j]:
-                                        emb[j] = np.int32(weT[k, o0 + j])
+                        orow[j] = orow[j] + np.float32(0.0)
+                    continue
+                # pass 1: E.max over the non-zero pairs, then over zero pairs where they could matter
+                r0 = weT[nzk[0], o0:o0 + ob]
+                e0 = nze[0]
+                for j in range(ob):
+                    emb[j] = r0[j] + e0
+                for t in range(1, cnt):
+                    wr = weT[nzk[t], o0:o0 + ob]
+                    a_e = nze[t]
                     for j in range(ob):
-                        rsb[j] = RSCALE[emb[j]]
-                        a0b[j] = 0.0
-                        a1b[j] = 0.0
-                    # pass 2: aligned, truncated, pruned weights x full activation significands; two exact
-                    # halves (each at most 32 products < 2^48, so every partial sum is exact in float64)
-                    for t in range(cnt):
-                        acc = a1b if t & 1 else a0b
-                        frow = wf[nzk[t], o0:o0 + ob]
-                        _accumulate(acc, frow, rsb, POW2A[nze[t]], nza[t], runs, scl, sch, fac, tmb)
-                    _pack_vec(a0b, a1b, emb, strict, vdb, rvb)
+                        s = np.int32(wr[j] + a_e)
+                        emb[j] = s if s > emb[j] else emb[j]
+                if cnt < k1 - k0:
                     for j in range(ob):
-                        orow[j] = orow[j] + rfb[j]
-    if bias.shape[0]:  # no bias: nothing is added (a -0 sum stays -0)
-        for n in range(N):
-            for l in range(L):
-                orow = out[n, l]
-                for o in range(O):
-                    orow[o] = orow[o] + bias[o]
+                        if emb[j] < wem[j]:
+                            for k in range(k0, k1):
+                                if (A[kmap[k], p] & np.uint32(0x7FFFFFFF)) == 0 and weT[k, o0 + j] > emb[j]:
+                                    emb[j] = weT[k, o0 + j]
+                for j in range(ob):
+                    emxb[j] = np.int64(emb[j]) << 52
+                    a0b[j] = 0.0
+                    a1b[j] = 0.0
+                # pass 2: aligned, truncated, pruned weights x full activation significands, summed exactly
+                # in two halves (each at most 32 products < 2^48, so every partial sum is exact in float64)
+                for t in range(cnt):
+                    acc = a0b if t < 32 else a1b
+                    wr = wbT[nzk[t], o0:o0 + ob]
+                    eb = nzb[t]
+                    am = nza[t]
+                    if fast:
+                        for j in range(ob):
+                            acc[j] += am * np.trunc(_as_f64(wr[j] + eb - emxb[j]))
+                    else:
+                        for j in range(ob):
+                            vb[j] = _as_f64(wr[j] + eb - emxb[j])
+                            ambb[j] = am
+                        _acc_runs(acc, vb, ambb, ups, scl, sch, fac)
+                _pack_vec(a0b, a1b, emb, strict, vb, rvb)
+                for j in range(ob):
+                    orow[j] = orow[j] + rfb[j]
 
 
-@nb.njit(cache=True, nogil=True)
-def _bitlet_gemm_px(A, kmap, we, wf, gstart, glen, runs, strict, out, lblock):
-    """As ``_bitlet_gemm`` but vectorised over the columns l (pixels) of A [N, R, L] (contiguous along L),
-    for layers with few output channels: activations are decoded once per group and block of pixels and
-    reused by every output. we int32 [O, K], wf float64 [O, K]. No bias (the caller adds it)."""
-    N, R, L = A.shape
+@nb.njit(cache=True, nogil=True, fastmath={"contract"})
+def _gemm_columns(A, kmap, we, wb, gstart, glen, runs, strict, out, pblock):
+    """As ``_gemm_outputs`` but vectorised over the columns p of A [R, P] (contiguous along P): each
+    group's activations are decoded once per block of columns and reused by every output; for layers
+    with few outputs and short groups. we int32 [O, K], wb int64 [O, K]; out float32 [O, P]."""
+    P = A.shape[1]
     O = we.shape[0]
     G = gstart.shape[0]
-    scl, sch, fac = _run_scales(runs)
-    nr = runs.shape[0]
-    fast = nr == 1 and runs[0, 1] >= 23
-    ae = np.empty((64, lblock), np.int32)
-    am = np.empty((64, lblock), np.float64)
-    aqi = np.empty((64, lblock), np.int64)
-    aq = aqi.view(np.float64)
-    live = np.empty(64, np.bool_)
-    em = np.empty(lblock, np.int32)
-    rsi = np.empty(lblock, np.int64)
-    rs = rsi.view(np.float64)
-    a0 = np.empty(lblock, np.float64)
-    a1 = np.empty(lblock, np.float64)
-    tmp = np.empty(lblock, np.float64)
-    vd = np.empty(lblock, np.float64)
-    rv = np.empty(lblock, np.uint32)
-    rf = rv.view(np.float32)
+    fast, up, dn, ups, scl, sch, fac = _prune_plan(runs)
     hid = 0 if strict else 1
-    for n in range(N):
-        for o in range(O):
-            for l in range(L):
-                out[n, o, l] = -0.0
-        for l0 in range(0, L, lblock):
-            lb = min(lblock, L - l0)
-            emb, rsb, a0b, a1b = em[:lb], rs[:lb], a0[:lb], a1[:lb]
-            tmb, vdb, rvb, rfb = tmp[:lb], vd[:lb], rv[:lb], rf[:lb]
-            for g in range(G):
-                k0 = gstart[g]
-                kn = glen[g]
-                for t in range(kn):  # decode the group's activations, branch-free
-                    row = A[n, kmap[k0 + t], l0:l0 + lb]
-                    ea, ma, qa = ae[t, :lb], am[t, :lb], aqi[t, :lb]
-                    anynz = False
-                    for x in range(lb):
-                        u = row[x]
-                        e = np.int64((u >> np.uint32(23)) & np.uint32(0xFF))
-                        f = np.int64(u & np.uint32(0x7FFFFF))
-                        sub = np.int64((e == 0) & (f != 0))
-                        ee = e | sub
-                        m = np.float64(f | (((e != 0) | (sub & hid)) << 23))
-                        ea[x] = np.int32(ee)
-                        ma[x] = -m if u >> np.uint32(31) else m
-                        qa[x] = (ee + 896) << 52
-                        anynz |= m != 0.0
-                    live[t] = anynz
-                for o in range(O):
-                    for x in range(lb):
-                        emb[x] = -1
-                    for t in range(kn):
-                        w_e = np.int32(we[o, k0 + t])
-                        ea = ae[t, :lb]
-                        for x in range(lb):
-                            emb[x] = max(emb[x], w_e + ea[x])
-                    for x in range(lb):
-                        rsi[x] = np.int64(1277 - emb[x]) << 52
-                        a0b[x] = 0.0
-                        a1b[x] = 0.0
-                    for t in range(kn):
-                        if not live[t]:
-                            continue
-                        acc = a1b if t & 1 else a0b
-                        w = wf[o, k0 + t]
-                        ma, qa = am[t, :lb], aq[t, :lb]
-                        if fast:
-                            ws = w * scl[0]
-                            up = 2.0 ** runs[0, 0]
-                            for x in range(lb):
-                                acc[x] += (ma[x] * up) * np.trunc(ws * (rsb[x] * qa[x]))
-                        else:
-                            for x in range(lb):
-                                tmb[x] = w * (rsb[x] * qa[x])
-                            for r in range(nr):
-                                up = 2.0 ** runs[r, 0]
-                                sl = scl[r]
-                                if runs[r, 1] >= 23:
-                                    for x in range(lb):
-                                        acc[x] += (ma[x] * up) * np.trunc(tmb[x] * sl)
-                                else:
-                                    sh = sch[r]
-                                    fc = fac[r]
-                                    for x in range(lb):
-                                        acc[x] += (ma[x] * up) * (np.trunc(tmb[x] * sl) - np.trunc(tmb[x] * sh) * fc)
-                    _pack_vec(a0b, a1b, emb, strict, vdb, rvb)
-                    orow = out[n, o, l0:l0 + lb]
-                    for x in range(lb):
-                        orow[x] = orow[x] + rfb[x]
-
-
-@nb.njit(cache=True)
-def _product_tap(seg, segf, w, hid, vd, rv):
-    """One tap of a 1-pair-group depthwise conv over a row of pixels: rv = binary32 words of the products,
-    truncated; returns how many need the integer packer (zero, tiny or huge results)."""
-    vi = vd.view(np.int64)
-    n = seg.shape[0]
-    for x in range(n):
-        u = seg[x]
-        a = np.float64(segf[x])
-        sub = ((u & np.uint32(0x7F800000)) == 0) & ((u & np.uint32(0x7FFFFF)) != 0) & hid
-        vd[x] = (a + np.float64(sub) * np.copysign(SUB, a)) * w
-    slow = 0
-    for x in range(n):
-        bits = vi[x]
-        e = (bits >> 52) & 0x7FF
-        ok = np.int64((e >= 897) & (e <= 1150))  # binary32 exponent 1..254
-        word = ((bits >> 32) & np.int64(0x80000000)) | (((bits >> 29) & np.int64(0x3FFFFFFFF)) - np.int64(896 << 23))
-        rv[x] = np.uint32(word * ok)  # a zero product gives +0, as the PE does
-        slow += 1 - (ok | np.int64((bits << 1) == 0))
-    return slow
+    ea = np.empty((64, pblock), np.int32)
+    eb = np.empty((64, pblock), np.int64)
+    am = np.empty((64, pblock), np.float64)
+    em = np.empty(pblock, np.int32)
+    emx = np.empty(pblock, np.int64)
+    a0 = np.empty(pblock, np.float64)
+    a1 = np.empty(pblock, np.float64)
+    v = np.empty(pblock, np.float64)
+    rv = np.empty(pblock, np.uint32)
+    rf = rv.view(np.float32)
+    for o in range(O):
+        for p in range(P):
+            out[o, p] = -0.0
+    for p0 in range(0, P, pblock):
+        pb = min(pblock, P - p0)
+        emb, emxb, a0b, a1b, vb, rvb, rfb = em[:pb], emx[:pb], a0[:pb], a1[:pb], v[:pb], rv[:pb], rf[:pb]
+        for g in range(G):
+            k0 = gstart[g]
+            kn = glen[g]
+            for t in range(kn):
+                row = A[kmap[k0 + t], p0:p0 + pb]
+                eat, ebt, amt = ea[t], eb[t], am[t]
+                for x in range(pb):
+                    ee, b, m = _decode(row[x], hid, dn)
+                    eat[x] = np.int32(ee)
+                    ebt[x] = b
+                    amt[x] = m * up
+            h = min(kn, 32)
+            for o in range(O):
+                wo_e = we[o, k0:k0 + kn]
+                wo_b = wb[o, k0:k0 + kn]
+                # pass 1: E.max over every pair (zero products included)
+                e0 = wo_e[0]
+                ea0 = ea[0]
+                for x in range(pb):
+                    emb[x] = e0 + ea0[x]
+                for t in range(1, kn):
+                    w_e = wo_e[t]
+                    eat = ea[t]
+                    for x in range(pb):
+                        s = np.int32(w_e + eat[x])
+                        emb[x] = s if s > emb[x] else emb[x]
+                for x in range(pb):
+                    emxb[x] = np.int64(emb[x]) << 52
+                    a0b[x] = 0.0
+                    a1b[x] = 0.0
+                # pass 2, in two exact halves (see _gemm_outputs)
+                for t in range(kn):
+                    acc = a0b if t < h else a1b
+                    w = wo_b[t]
+                    ebt, amt = eb[t, :pb], am[t, :pb]
+                    if fast:
+                        for x in range(pb):
+                            acc[x] += amt[x] * np.trunc(_as_f64(w + ebt[x] - emxb[x]))
+                    else:
+                        for x in range(pb):
+                            vb[x] = _as_f64(w + ebt[x] - emxb[x])
+                        _acc_runs(acc, vb, amt, ups, scl, sch, fac)
+                _pack_vec(a0b, a1b, emb, strict, vb, rvb)
+                orow = out[o, p0:p0 + pb]
+                for x in range(pb):
+                    orow[x] = orow[x] + rfb[x]
 
 
 @nb.njit(cache=True, nogil=True)
@@ -381,44 +387,61 @@ def _single_pair_depthwise(X, Xf, we, wm, wp, kw, sh, sw, dh, dw, prune, strict,
     """Depthwise conv with one pair per group (``grouping=tap``): the PE result is the product of the
     pruned weight and the activation (subnormal activations read with a hidden 1 unless strict),
     truncated to binary32; taps are added in fp32. wp float64 [C, T] pruned weights, we/wm their
-    exponent and significand (for the rare non-normal results, which go through the integer packer)."""
+    exponent and significand (for the rare non-normal results, which go through the integer packer).
+
+    Each padded input plane is decoded once into sh x sw phase planes (row y % sh, column x % sw), so
+    every tap reads one contiguous run: the output is computed on a 'wide' plane of Ho rows of Wq
+    columns (the columns past Wo are discarded)."""
     N, C, Ho, Wo = out.shape
+    Hp, Wp = X.shape[2], X.shape[3]
     T = we.shape[1]
-    rv = np.empty(Wo, np.uint32)
-    rf = rv.view(np.float32)
-    vd = np.empty(Wo, np.float64)
-    vi = vd.view(np.int64)
-    hid = not strict
+    Hq, Wq = (Hp + sh - 1) // sh, (Wp + sw - 1) // sw
+    wide = Ho * Wq
+    dec = np.zeros((sh, sw, Hq * Wq + Wq + kw * dw), np.float64)
+    rv = np.empty(wide, np.uint32)
+    acc = np.empty(wide, np.float32)
+    hid = 0.0 if strict else 1.0
     for n in range(N):
         for c in range(C):
+            for y in range(Hp):  # decode: a subnormal activation gets its hidden 1
+                row, rowf = X[n, c, y], Xf[n, c, y]
+                for px in range(sw):
+                    drow = dec[y % sh, px, (y // sh) * Wq:(y // sh + 1) * Wq]
+                    for j in range((Wp - px + sw - 1) // sw):
+                        u = row[j * sw + px]
+                        a = np.float64(rowf[j * sw + px])
+                        sub = ((u & np.uint32(0x7F800000)) == 0) & ((u & np.uint32(0x7FFFFF)) != 0)
+                        drow[j] = a + (np.float64(sub) * hid) * np.copysign(SUB, a)
+            for i in range(wide):
+                acc[i] = -0.0
+            for k in range(T):
+                iy, ix = (k // kw) * dh, (k % kw) * dw
+                off = (iy // sh) * Wq + ix // sw
+                src = dec[iy % sh, ix % sw, off:off + wide]
+                w = wp[c, k]
+                slow = 0
+                for i in range(wide):  # the exact product, truncated to binary32 through its float64 bits
+                    p = src[i] * w
+                    bits = _as_i64(p)
+                    word = ((bits >> 32) & np.int64(0x80000000)) | (((bits >> 29) - np.int64(896 << 23)) & np.int64(0x7FFFFFFF))
+                    ap = abs(p)
+                    rv[i] = np.uint32(word) if ap >= SUB else np.uint32(0)  # a zero product gives +0, as the PE
+                    slow += ((ap < SUB) & (ap != 0.0)) | (ap >= BIG)
+                if slow:  # tiny or huge products: the PE's integer packer
+                    for i in range(wide):
+                        oy, x = i // Wq, i % Wq
+                        ap = abs(src[i] * w)
+                        if x < Wo and (((ap < SUB) & (ap != 0.0)) | (ap >= BIG)):
+                            ae, am = _act(X[n, c, oy * sh + iy, x * sw + ix], strict)
+                            q = np.int64(am) * (wm[c, k] & prune)
+                            rv[i] = _pack_fp(-q if w < 0 else q, we[c, k] + ae, strict)
+                for i in range(wide):
+                    acc[i] = acc[i] + _as_f32(rv[i])
+            b = bias[c] if bias.shape[0] else np.float32(0.0)
             for oy in range(Ho):
                 orow = out[n, c, oy]
                 for x in range(Wo):
-                    orow[x] = -0.0
-                for k in range(T):
-                    ty, tx = k // kw, k % kw
-                    row = X[n, c, oy * sh + ty * dh]
-                    rowf = Xf[n, c, oy * sh + ty * dh]
-                    w = wp[c, k]
-                    b0 = tx * dw
-                    if sw == 1:  # contiguous taps: a separately compiled, vectorised specialisation
-                        slow = _product_tap(row[b0:b0 + Wo], rowf[b0:b0 + Wo], w, hid, vd, rv)
-                    else:
-                        b1 = b0 + (Wo - 1) * sw + 1
-                        slow = _product_tap(row[b0:b1:sw], rowf[b0:b1:sw], w, hid, vd, rv)
-                    if slow:
-                        for x in range(Wo):
-                            v = vd[x]
-                            e32 = ((vi[x] >> 52) & 0x7FF) - 896
-                            if v != 0.0 and not (1 <= e32 <= 254):
-                                ae, am = _act(row[tx * dw + x * sw], strict)
-                                acc = np.int64(am) * (wm[c, k] & prune)
-                                rv[x] = _pack_fp(-acc if w < 0 else acc, we[c, k] + ae, strict)
-                    for x in range(Wo):
-                        orow[x] = orow[x] + rf[x]
-                if bias.shape[0]:
-                    for x in range(Wo):
-                        orow[x] = orow[x] + bias[c]
+                    orow[x] = acc[oy * Wq + x] + b if bias.shape[0] else acc[oy * Wq + x]
 
 
 @nb.njit(cache=True, nogil=True)
@@ -428,7 +451,7 @@ def _bitlet_depthwise(X, we, wf, kw, sh, sw, dh, dw, gstart, glen, runs, strict,
     (T = kh * kw taps, tap k = ty * kw + tx); out float32 [N, C, Ho, Wo]. Groups run along the taps."""
     N, C, Ho, Wo = out.shape
     G = gstart.shape[0]
-    scl, sch, fac = _run_scales(runs)
+    _, _, _, _, scl, sch, fac = _prune_plan(runs)
     em = np.empty(Wo, np.int64)
     rs = np.empty(Wo, np.float64)
     a0 = np.empty(Wo, np.float64)
@@ -488,22 +511,28 @@ def _bitlet_depthwise(X, we, wf, kw, sh, sw, dh, dw, gstart, glen, runs, strict,
                     for x in range(Wo):
                         orow[x] = orow[x] + bias[c]
 
-
 def bitlet_matmul(x: np.ndarray, w: np.ndarray, gstart: np.ndarray, glen: np.ndarray, *,
                   prune: int = ALL_CHANNELS, strict_ieee: bool = False, bias: np.ndarray | None = None,
-                  oblock: int = 1024) -> np.ndarray:
+                  kernel: str = "auto") -> np.ndarray:
     """Emulated ``x @ w.T (+ bias)``: x float32 [P, K], w float32 [O, K], groups (start, length) along K.
-    Returns float32 [P, O]; every group is computed as ``pe_dot`` computes it."""
+    Returns float32 [P, O]; every group is computed as ``pe_dot`` computes it. ``kernel``: ``outputs``
+    (vectorised over outputs), ``columns`` (over the rows of x) or ``auto`` (``use_columns``); all give
+    the same bits."""
+    if kernel not in ("auto", "outputs", "columns"):
+        raise UserError(f"bitlet_matmul: kernel must be auto, outputs or columns, got {kernel!r}")
     x = np.ascontiguousarray(x, dtype=np.float32)
-    w = np.ascontiguousarray(w, dtype=np.float32)
-    we, wf = split_weights(w)
-    o = w.shape[0]
-    out = np.empty((1, x.shape[0], o), np.float32)
-    b = np.zeros(0, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
-    _bitlet_gemm(x.view(np.uint32).T[None], np.arange(x.shape[1]), np.ascontiguousarray(we.T),
-                 np.ascontiguousarray(wf.T), np.asarray(gstart, np.int64), np.asarray(glen, np.int64),
-                 prune_runs(int(prune)), bool(strict_ieee), b, out, int(min(oblock, max(o, 1))))
-    return out[0]
+    we, wb = weight_words(np.ascontiguousarray(w, dtype=np.float32))
+    gs, gl = np.asarray(gstart, np.int64), np.asarray(glen, np.int64)
+    args = (np.arange(x.shape[1]), we, wb, gs, gl, prune_runs(int(prune)), bool(strict_ieee))
+    if kernel == "columns" or (kernel == "auto" and use_columns(w.shape[0], gl)):
+        out = np.empty((w.shape[0], x.shape[0]), np.float32)
+        _gemm_columns(np.ascontiguousarray(x.view(np.uint32).T), *args, out, PBLOCK)
+        out = out.T
+    else:
+        out = np.empty((x.shape[0], w.shape[0]), np.float32)
+        _gemm_outputs(x.view(np.uint32).T, args[0], np.ascontiguousarray(we.T), np.ascontiguousarray(wb.T),
+                      *args[3:], out, int(min(OBLOCK, max(w.shape[0], 1))))
+    return out if bias is None else out + np.asarray(bias, np.float32)
 
 
 def _groups(taps: int, chans: int, group: int, grouping: str) -> tuple[np.ndarray, np.ndarray]:
@@ -544,22 +573,31 @@ class Emulator:
     def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
         """Emulated F.linear: groups of ``group`` along the input features."""
         o, i = w.shape
-        we, wf = self._weights(w, "lin", lambda a: tuple(np.ascontiguousarray(t.T) for t in split_weights(a)))
         xs = _words(x).reshape(-1, i)
         gs, gl = _groups(1, i, self.group, "flat")
-        out = self._gemm(xs.T[None], np.arange(i), we, wf, gs, gl, b, o)
-        return torch.from_numpy(out[0]).reshape(*x.shape[:-1], o)
+        out = self._matmul(xs.T, np.arange(i), w, "lin", lambda a: a, gs, gl, o).T
+        if b is not None:
+            out = out + b.detach().float().numpy()
+        return torch.from_numpy(np.ascontiguousarray(out)).reshape(*x.shape[:-1], o)
 
-    def _gemm(self, A, kmap, we, wf, gs, gl, b, o):
-        """The output-vectorised kernel; returns float32 [N, L, O]."""
-        out = np.empty((A.shape[0], A.shape[2], o), np.float32)
-        bias = np.zeros(0, np.float32) if b is None else b.detach().float().numpy()
-        _bitlet_gemm(A, kmap, we, wf, gs, gl, self.runs, self.strict, np.ascontiguousarray(bias), out, min(1024, o))
-        self.pairs += A.shape[0] * A.shape[2] * len(kmap) * o
-        return out
+    def _matmul(self, A, kmap, w, key, matrix, gs, gl, o) -> np.ndarray:
+        """W @ A through the Bitlet numerics: A uint32 [R, P] activation words (row kmap[k] holds
+        dot-product index k), W = matrix(weights of w) float32 [o, K]; returns float32 [o, P]."""
+        p = A.shape[1]
+        self.pairs += p * len(kmap) * o
+        if use_columns(o, gl):
+            we, wb = self._weights(w, key + "/cols", lambda a: weight_words(matrix(a)))
+            out = np.empty((o, p), np.float32)
+            _gemm_columns(np.ascontiguousarray(A), kmap, we, wb, gs, gl, self.runs, self.strict, out, PBLOCK)
+            return out
+        weT, wbT = self._weights(w, key + "/outs", lambda a: tuple(np.ascontiguousarray(t.T) for t in weight_words(matrix(a))))
+        out = np.empty((p, o), np.float32)
+        _gemm_outputs(A, kmap, weT, wbT, gs, gl, self.runs, self.strict, out, min(OBLOCK, o))
+        return out.T
 
     def conv2d(self, x, w, b=None, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
-        """Emulated F.conv2d: channel-last taps, decision 1 groups (im2col only where taps > 1)."""
+        """Emulated F.conv2d: channel-last taps, decision 1 groups (im2col only where taps > 1); the
+        batch and the output pixels form one axis of columns."""
         pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (int(v), int(v))  # noqa: E731
         stride, dilation = pair(stride), pair(dilation)
         o, cg, kh, kw = w.shape
@@ -591,34 +629,23 @@ class Emulator:
                 we, wf = self._weights(w, "dw", lambda a: split_weights(a.reshape(o, taps)))
                 _bitlet_depthwise(_words(xp), we, wf, *geo, gs, gl, self.runs, self.strict, bias, out)
             return torch.from_numpy(out)
+        gs, gl = _groups(taps, cg, self.group, self.grouping)
         outs = []
         for gi in range(groups):
-            def make(a, gi=gi):
-                wg = a[gi * og:(gi + 1) * og].transpose(0, 2, 3, 1).reshape(og, taps * cg)
-                return tuple(np.ascontiguousarray(t.T) for t in split_weights(wg))
-            we, wf = self._weights(w, f"conv{gi}", make)
             xg = x[:, gi * cg:(gi + 1) * cg]
             if taps == 1 and padding == (0, 0):
-                A = _words(xg[:, :, ::stride[0], ::stride[1]]).reshape(n, cg, ho * wo)
+                cols = _words(xg[:, :, ::stride[0], ::stride[1]]).reshape(n, cg, ho * wo)
                 kmap = np.arange(cg)
             else:  # unfold rows are (channel, tap); the groups read them tap-major
-                A = _words(F.unfold(xg, (kh, kw), dilation, padding, stride))
+                cols = _words(F.unfold(xg, (kh, kw), dilation, padding, stride))
                 kmap = (np.arange(cg)[None, :] * taps + np.arange(taps)[:, None]).reshape(-1)
-            gs, gl = _groups(taps, cg, self.group, self.grouping)
-            if A.shape[2] >= PX_MIN_PIXELS:  # many pixels: vectorise over them
-                wex, wfx = self._weights(w, f"px{gi}", lambda a, gi=gi: tuple(
-                    np.ascontiguousarray(t) for t in split_weights(
-                        a[gi * og:(gi + 1) * og].transpose(0, 2, 3, 1).reshape(og, taps * cg))))
-                res = np.empty((n, og, A.shape[2]), np.float32)
-                _bitlet_gemm_px(A, kmap, wex, wfx, gs, gl, self.runs, self.strict, res, 256)
-                self.pairs += n * A.shape[2] * len(kmap) * og
-                outs.append(res)
-            else:
-                outs.append(self._gemm(A, kmap, we, wf, gs, gl, None, og).transpose(0, 2, 1))
-        out = np.concatenate(outs, axis=1) if groups > 1 else outs[0]
-        if b is not None:  # the bias was left out of the per-group kernels: add it once, in fp32
+            A = np.ascontiguousarray(cols.transpose(1, 0, 2)).reshape(cols.shape[1], n * ho * wo)
+            matrix = lambda a, gi=gi: a[gi * og:(gi + 1) * og].transpose(0, 2, 3, 1).reshape(og, taps * cg)  # noqa: E731
+            outs.append(self._matmul(A, kmap, w, f"conv{gi}", matrix, gs, gl, og).reshape(og, n, ho * wo))
+        out = (np.concatenate(outs) if groups > 1 else outs[0]).transpose(1, 0, 2)
+        if b is not None:  # the bias is added once, in fp32, after the group sums
             out = out + bias[None, :, None]
-        return torch.from_numpy(out).reshape(n, o, ho, wo)
+        return torch.from_numpy(np.ascontiguousarray(out)).reshape(n, o, ho, wo)
 
 
 def _pruned_weights(w: np.ndarray, prune: int):
@@ -697,3 +724,4 @@ METHOD = Method(
     params=PARAMS,
     kind="forward",
 )
+
