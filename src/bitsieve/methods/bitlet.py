@@ -290,7 +290,16 @@ def _gemm_outputs(A, kmap, weT, wbT, gstart, glen, runs, strict, out, oblock):
                     a1b[j] = 0.0
                 # pass 2: aligned, truncated, pruned weights x full activation significands, summed exactly
                 # in two halves (each at most 32 products < 2^48, so every partial sum is exact in float64)
-                for t in range(cnt):
+                t = 0
+                while fast and t + 1 < cnt:  # two pairs per sweep (the sum of two products is exact)
+                    acc = a0b if t < 32 else a1b
+                    wr, wr1 = wbT[nzk[t], o0:o0 + ob], wbT[nzk[t + 1], o0:o0 + ob]
+                    eb, eb1, am, am1 = nzb[t], nzb[t + 1], nza[t], nza[t + 1]
+                    for j in range(ob):
+                        ex = emxb[j]
+                        acc[j] += am * np.trunc(_as_f64(wr[j] + eb - ex)) + am1 * np.trunc(_as_f64(wr1[j] + eb1 - ex))
+                    t += 2
+                for t in range(t, cnt):
                     acc = a0b if t < 32 else a1b
                     wr = wbT[nzk[t], o0:o0 + ob]
                     eb = nzb[t]
@@ -345,7 +354,7 @@ def _gemm_columns(A, kmap, we, wb, gstart, glen, runs, strict, out, pblock):
                     eat[x] = np.int32(ee)
                     ebt[x] = b
                     amt[x] = m * up
-            h = min(kn, 32)
+            h = min(kn, 32)  # an even split: the pairs of a sweep never straddle it
             for o in range(O):
                 wo_e = we[o, k0:k0 + kn]
                 wo_b = wb[o, k0:k0 + kn]
@@ -365,7 +374,16 @@ def _gemm_columns(A, kmap, we, wb, gstart, glen, runs, strict, out, pblock):
                     a0b[x] = 0.0
                     a1b[x] = 0.0
                 # pass 2, in two exact halves (see _gemm_outputs)
-                for t in range(kn):
+                t = 0
+                while fast and t + 1 < kn:  # two pairs per sweep, as in _gemm_outputs
+                    acc = a0b if t < h else a1b
+                    w, w1 = wo_b[t], wo_b[t + 1]
+                    ebt, amt, eb1, am1 = eb[t, :pb], am[t, :pb], eb[t + 1, :pb], am[t + 1, :pb]
+                    for x in range(pb):
+                        ex = emxb[x]
+                        acc[x] += amt[x] * np.trunc(_as_f64(w + ebt[x] - ex)) + am1[x] * np.trunc(_as_f64(w1 + eb1[x] - ex))
+                    t += 2
+                for t in range(t, kn):
                     acc = a0b if t < h else a1b
                     w = wo_b[t]
                     ebt, amt = eb[t, :pb], am[t, :pb]
