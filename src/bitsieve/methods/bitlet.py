@@ -208,6 +208,13 @@ def _prune_plan(runs):
     return fast, 2.0 ** lo, np.int64(lo) << 52, ups, scl, sch, fac
 
 
+@nb.njit(cache=True)
+def _block_vectors(n):
+    """A block's scratch: E.max (int32 and << 52), the two exact half sums, a temporary, the packed words."""
+    return (np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.float64), np.empty(n, np.float64),
+            np.empty(n, np.float64), np.empty(n, np.uint32))
+
+
 @nb.njit(cache=True, nogil=True, fastmath={"contract"})
 def _gemm_outputs(A, kmap, weT, wbT, gstart, glen, runs, strict, out, oblock):
     """out[p, o] = fp32 sum over groups g of Bitlet(pairs k of group g: weight (k, o), activation
@@ -236,13 +243,8 @@ def _gemm_outputs(A, kmap, weT, wbT, gstart, glen, runs, strict, out, oblock):
     nze = np.empty(64, np.int32)
     nzb = np.empty(64, np.int64)
     nza = np.empty(64, np.float64)
-    em = np.empty(oblock, np.int32)
-    emx = np.empty(oblock, np.int64)
-    a0 = np.empty(oblock, np.float64)
-    a1 = np.empty(oblock, np.float64)
-    v = np.empty(oblock, np.float64)
+    em, emx, a0, a1, v, rv = _block_vectors(oblock)
     amb = np.empty(oblock, np.float64)
-    rv = np.empty(oblock, np.uint32)
     rf = rv.view(np.float32)
     for o0 in range(0, O, oblock):
         ob = min(oblock, O - o0)
@@ -330,12 +332,7 @@ def _gemm_columns(A, kmap, we, wb, gstart, glen, runs, strict, out, pblock):
     ea = np.empty((64, pblock), np.int32)
     eb = np.empty((64, pblock), np.int64)
     am = np.empty((64, pblock), np.float64)
-    em = np.empty(pblock, np.int32)
-    emx = np.empty(pblock, np.int64)
-    a0 = np.empty(pblock, np.float64)
-    a1 = np.empty(pblock, np.float64)
-    v = np.empty(pblock, np.float64)
-    rv = np.empty(pblock, np.uint32)
+    em, emx, a0, a1, v, rv = _block_vectors(pblock)
     rf = rv.view(np.float32)
     for o in range(O):
         for p in range(P):
