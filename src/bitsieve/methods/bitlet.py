@@ -418,6 +418,7 @@ def _single_pair_depthwise(X, Xf, we, wm, wp, kw, sh, sw, dh, dw, prune, strict,
     hid = 0.0 if strict else 1.0
     for n in range(N):
         for c in range(C):
+            lo, hi = BIG, 0.0  # the smallest non-zero and the largest magnitude of the plane
             for y in range(Hp):  # decode: a subnormal activation gets its hidden 1
                 row, rowf = X[n, c, y], Xf[n, c, y]
                 for px in range(sw):
@@ -426,7 +427,10 @@ def _single_pair_depthwise(X, Xf, we, wm, wp, kw, sh, sw, dh, dw, prune, strict,
                         u = row[j * sw + px]
                         a = np.float64(rowf[j * sw + px])
                         sub = ((u & np.uint32(0x7F800000)) == 0) & ((u & np.uint32(0x7FFFFF)) != 0)
-                        drow[j] = a + (np.float64(sub) * hid) * np.copysign(SUB, a)
+                        d = a + (np.float64(sub) * hid) * np.copysign(SUB, a)
+                        drow[j] = d
+                        lo = min(lo, abs(d) if d != 0.0 else BIG)
+                        hi = max(hi, abs(d))
             for i in range(wide):
                 acc[i] = -0.0
             for k in range(T):
@@ -434,6 +438,13 @@ def _single_pair_depthwise(X, Xf, we, wm, wp, kw, sh, sw, dh, dw, prune, strict,
                 off = (iy // sh) * Wq + ix // sw
                 src = dec[iy % sh, ix % sw, off:off + wide]
                 w = wp[c, k]
+                if lo * abs(w) >= SUB and hi * abs(w) < BIG:  # every product is zero or normal: one pass
+                    for i in range(wide):
+                        p = src[i] * w
+                        bits = _as_i64(p)
+                        word = ((bits >> 32) & np.int64(0x80000000)) | (((bits >> 29) - np.int64(896 << 23)) & np.int64(0x7FFFFFFF))
+                        acc[i] = acc[i] + (_as_f32(np.uint32(word)) if p != 0.0 else np.float32(0.0))
+                    continue
                 slow = 0
                 for i in range(wide):  # the exact product, truncated to binary32 through its float64 bits
                     p = src[i] * w
