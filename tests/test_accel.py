@@ -407,3 +407,169 @@ def test_tactical_scheduler_matches_dnnsim_transcription(seed, density, shape, H
     want = reference_schedule(nz, real, smap, H)
     for g, w in zip(got, want):
         np.testing.assert_array_equal(np.asarray(g), w)
+
+
+# ---- energy: first-principles checks -------------------------------------------------------------------
+# Horowitz ISSCC'14 (45 nm, arithmetic only): 8b mult 0.2 pJ, 32b mult 3.1 pJ (quadratic in width), 32b add
+# 0.1 pJ, fp32 mult 3.7 + add 0.9 pJ. A synthesised 28 nm PE may sit below (node) or above (registers,
+# accumulator, clock) the bare 45 nm arithmetic: the band is 0.5x .. 3x.
+HOROWITZ_MAC_PJ = {"int16": 0.2 * (16 / 8) ** 2 + 0.1, "fp32": 3.7 + 0.9}
+
+
+def compute_pj_per_mac(wl, accel, fmt, sets=None):
+    sim = Simulator(Run(accels=[accel], fmt=fmt, sets=sets or {}))
+    res = sim.layer(wl)
+    return sim.energy(accel, wl, res[accel])["compute"] / wl.macs
+
+
+@pytest.mark.parametrize("fmt", ["int16", "fp32"])
+def test_dense_mac_energy_within_horowitz_band(fmt):
+    ref = HOROWITZ_MAC_PJ[fmt]
+    full = compute_pj_per_mac(exact_conv(0), "dense", fmt)  # tiles the 16 x 16 x 16 array exactly
+    assert 0.5 * ref <= full <= 3.0 * ref
+    # a LeNet-conv1-like layer fills 1 of 16 lanes and 6 of 256 rows: idle units are not charged, so a MAC
+    # costs the same (before: every unit of the array every cycle, ~1300 pJ per fp32 MAC)
+    rng = np.random.default_rng(1)
+    tiny = tiling.Workload.conv(rng.normal(size=(6, 1, 5, 5)).astype(np.float32),
+                                np.abs(rng.normal(size=(1, 1, 28, 28))).astype(np.float32), padding=2)
+    assert compute_pj_per_mac(tiny, "dense", fmt) == pytest.approx(full, rel=1e-9)
+
+
+def test_float_mac_costs_horowitz_ratio():
+    """fp32 / int16 dense MAC energy follows Horowitz's fp32 / int16 MAC ratio (~5) within 2x."""
+    wl = exact_conv(0)
+    ratio = compute_pj_per_mac(wl, "dense", "fp32") / compute_pj_per_mac(wl, "dense", "int16")
+    want = HOROWITZ_MAC_PJ["fp32"] / HOROWITZ_MAC_PJ["int16"]
+    assert want / 2 <= ratio <= want * 2
+
+
+def duplicated_batch(wl1, n):
+    a = np.concatenate([wl1.activation] * n, axis=0)
+    return tiling.Workload.conv(wl1.weight, a, name=f"{wl1.name}x{n}")
+
+
+@pytest.mark.parametrize("accel,fmt", [("dense", "int16"), ("stripes", "int16"), ("pragmatic", "int16"),
+                                       ("bitx", "int16"), ("bitx", "fp32"), ("bitvert", "int8")])
+def test_energy_affine_in_batch(accel, fmt):
+    """The same image twice: compute and SRAM double, DRAM reads the weights once and the activations twice."""
+    wl1 = exact_conv(2)
+    wl2 = duplicated_batch(wl1, 2)
+    sim = Simulator(Run(accels=[accel], fmt=fmt))
+    e1 = sim.energy(accel, wl1, sim.layer(wl1)[accel])
+    e2 = sim.energy(accel, wl2, sim.layer(wl2)[accel])
+    assert e2["compute"] == pytest.approx(2 * e1["compute"], rel=1e-9)
+    assert e2["sram"] == pytest.approx(2 * e1["sram"], rel=1e-9)
+    from bitsieve.accel import energy as energy_mod
+
+    mem = energy_mod.memory_table()["dram"]
+    w_pj = wl1.weight.size * formats.get(fmt).width / 64 * mem["read_pj_per_64b"]
+    assert e2["dram"] - w_pj == pytest.approx(2 * (e1["dram"] - w_pj), rel=1e-9)
+
+
+def test_dram_bits_are_weights_inputs_outputs_once():
+    """Each layer's DRAM traffic is its weights, inputs and outputs once, whatever the array or its tiling."""
+    from bitsieve.accel import energy as energy_mod
+
+    rng = np.random.default_rng(3)
+    wl = tiling.Workload.conv(rng.normal(size=(20, 8, 3, 3)).astype(np.float32),
+                              np.abs(rng.normal(size=(2, 8, 11, 11))).astype(np.float32), stride=2, padding=1)
+    width = 16
+    want = (20 * 8 * 9 + 2 * 8 * 11 * 11 + 2 * 20 * 6 * 6) * width
+    got = {}
+    for sets in ({}, {"dense": {"tiles": 1, "rows": 4}, "pragmatic": {"columns": 2, "tiles": 3}}):
+        sim = Simulator(Run(accels=["pragmatic", "bitx"], fmt="int16", sets=sets))
+        for n, r in sim.layer(wl).items():
+            d = energy_mod.dram_bits(wl, sim.fmt, r)
+            assert d["w"] + d["a_in"] + d["a_out"] == want, n
+            got.setdefault(n, set()).add(sim.energy(n, wl, r)["dram"])
+    assert all(len(v) == 1 for v in got.values())
+
+
+def test_energy_ordering_known_cases():
+    """Known cases against dense (q7.0: B = 8 bits, 16-window steps on the bit-serial arrays, one window per
+    step on dense). Stripes on activations that need all 7 magnitude bits: 7 of dense's 8 bit-cycles per MAC
+    at the same PE energy per unit (both charge the Stripes PE), so 7/8 of dense's compute. Pragmatic on
+    activations with one term each: one cycle per step, 1 of 8 bit-cycles per MAC at its costlier PE
+    (0.51 vs 0.37 mW): far less compute and less energy in total."""
+    rng = np.random.default_rng(4)
+    w = rng.integers(-100, 100, size=(256, 64, 1, 1)).astype(np.float32)
+    full = np.full((1, 64, 16, 16), 127.0, np.float32)
+    full[:, ::2] = 126.0
+    wl = tiling.Workload.conv(w, full)
+    sim = Simulator(Run(accels=["stripes"], fmt="q7.0"))
+    res = sim.layer(wl)
+    es, ed = sim.energy("stripes", wl, res["stripes"]), sim.energy("dense", wl, res["dense"])
+    assert res["stripes"].cycles * 16 == res["dense"].cycles * 7
+    assert es["compute"] == pytest.approx(ed["compute"] * 7 / 8, rel=1e-9)
+    assert es["total"] < ed["total"]
+    one_term = tiling.Workload.conv(w, np.full((1, 64, 16, 16), 4.0, np.float32))
+    sim = Simulator(Run(accels=["pragmatic"], fmt="q7.0"))
+    res = sim.layer(one_term)
+    ep, ed = sim.energy("pragmatic", one_term, res["pragmatic"]), sim.energy("dense", one_term, res["dense"])
+    assert res["pragmatic"].cycles * 16 == res["dense"].cycles
+    assert ep["compute"] == pytest.approx(ed["compute"] * 0.51 / 0.37 / 8, rel=1e-6)
+    assert ep["total"] < ed["total"]
+
+
+# ---- fast kernels against plain transcriptions -----------------------------------------------------------
+def reference_pragmatic(vals, b):
+    """DNNsim process_pe two-stage shifter, one set, plain Python: each cycle the lowest remaining offset o
+    over the set; every value clears its lowest term if it lies in [o, o + 2^b - 1]; an empty set costs 1."""
+    vals = [int(v) for v in vals]
+    cyc = 0
+    while any(vals):
+        o = min((v & -v).bit_length() - 1 for v in vals if v)
+        vals = [v ^ (v & -v) if v and (v & -v).bit_length() - 1 < o + (1 << b) else v for v in vals]
+        cyc += 1
+    return max(cyc, 1)
+
+
+@pytest.mark.parametrize("lanes", [16, 5, 20])  # 20 lanes: the scalar path
+@pytest.mark.parametrize("b", [0, 2, 3])
+def test_pragmatic_kernel_matches_transcription(lanes, b):
+    rng = np.random.default_rng(lanes * 10 + b)
+    masks = rng.integers(0, 1 << 16, size=(300, lanes)) & rng.integers(0, 1 << 16, size=(300, lanes))
+    masks[rng.random(masks.shape) < 0.4] = 0
+    masks[:3] = 0
+    got = pragmatic_cycles(masks, b)
+    assert list(got) == [reference_pragmatic(m, b) for m in masks]
+
+
+@pytest.mark.parametrize("backend", ["pragmatic", "precision"])
+def test_tactical_paths_agree(monkeypatch, backend):
+    """The vector shifter, the scalar one and tables of any size give the same Bit-Tactical cycles."""
+    from functools import partial
+
+    from bitsieve.accel import kernels, tactical
+
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=(40, 24, 3, 3)).astype(np.float32)
+    w[rng.random(w.shape) < 0.5] = 0
+    a = np.abs(rng.normal(size=(2, 24, 9, 9))).astype(np.float32)
+    a[rng.random(a.shape) < 0.4] = 0
+    layers = [tiling.Workload.conv(w, a, padding=1),
+              tiling.Workload.conv(w[:24, :1], a, padding=1, groups=24)]  # depthwise
+    sets = {"tactical": {"backend": backend}}
+
+    def run():
+        return [run_layer(wl, ["tactical"], "int8", sets)["tactical"].cycles for wl in layers]
+
+    want = run()
+    monkeypatch.setattr(kernels, "_vector_ok", lambda *args: False)
+    assert run() == want
+    monkeypatch.setattr(tactical, "tactical_cycles", partial(kernels.tactical_cycles, max_entries=1))
+    assert run() == want
+
+
+@pytest.mark.parametrize("accel", ["bitx", "bitxpro"])
+def test_weight_reads_only_from_rows_with_filters(accel):
+    """A depthwise conv runs one filter at a time on the weight-serial array: its weight SRAM reads are the
+    real filters' weights once per column step, however many rows the array has."""
+    rng = np.random.default_rng(5)
+    wl = tiling.Workload.conv(rng.normal(size=(32, 1, 3, 3)).astype(np.float32),
+                              np.abs(rng.normal(size=(1, 32, 8, 8))).astype(np.float32), padding=1, groups=32)
+    got = set()
+    for rows in (16, 4):
+        sim = Simulator(Run(accels=[accel], fmt="int16", sets={accel: {"rows": rows}}))
+        got.add(sim.layer(wl)[accel].events["sram_w_bits"])
+    assert got == {32 * 64 * 16 * 64.0}  # 32 filters x one 64-lane group x 16 bits x 64 output pixels

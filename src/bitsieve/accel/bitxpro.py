@@ -11,6 +11,13 @@ the same planes. Plane-serial datapath: a tile costs one cycle per plane of the 
 non-empty in some row; with a cap M on the ones per kept plane (``cap`` > 0, ``drop`` = false) a plane
 costs ceil(ones / M) cycles in its fullest row instead (the extra ones cost cycles), with ``drop`` = true
 the method has already dropped the extra ones and every plane costs one cycle.
+
+Energy (``data/bitxpro.toml``): whole-chip power only (40.44 mW 16-bit, 74.82 mW fp32, 28 nm, no
+breakdown) / 1 GHz ([U] clock) / the units of one 64-lane engine: 39.5 fJ (16-bit), 48.7 fJ (fp32) per
+unit-cycle, an upper bound that includes buffers, alignment, selection logic, control and clock, 5.5x
+(16-bit) / 2.7x (fp32) the PE-only figure charged to ``dense``. So BitXpro's compute energy exceeds dense's
+unless it runs more than ~5.5x / ~2.7x faster than the same-dataflow dense reference, and it is 9-11% above
+BitX's at equal cycles (its abstract's chip draws 9-11% more power).
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ import numpy as np
 
 from .. import formats
 from . import tiling
+from .bitx import real_row_weight_bits
 from .wserial import WeightSerial, result
 
 
@@ -62,7 +70,8 @@ class BitXpro(WeightSerial):
         slots = float(per_plane.astype(bool).sum() * cfg["rows"])
         share = 1.0 - used / slots if slots else 0.0
         ev = self.events(wl, cfg, fmt, cycles, tile.size, rep,
-                         {"shared_planes_mean": float((per_plane > 0).sum(axis=3).mean()) if tile.size else 0.0})
+                         {"shared_planes_mean": float((per_plane > 0).sum(axis=3).mean()) if tile.size else 0.0,
+                          "sram_w_bits": real_row_weight_bits(wl, ones.shape[1] // nb, rep, cfg, fmt)})
         return result(cycles, self.units(cfg, fmt), eff, ev,
                       "shared plane set: planes kept for the tile that are empty in some rows", share,
                       self.dense_equiv(tile.size, rep, cfg, fmt))

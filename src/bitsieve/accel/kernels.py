@@ -8,14 +8,47 @@
   ``original_schedule``/``search``) with its 'T' and 'L' search maps (``core/include/core/BitTactical.h``).
 - ``tactical_cycles``: the Pragmatic (TCL-E) or dynamic-precision (TCL-P, ``core/src/ShapeShifter.cpp``)
   back-end on the activations each scheduled weight lane fetches.
-Each kernel is a literal transcription of the cited loop, vectorised across bricks where the rule allows.
+Each kernel gives exactly the cited loop's result; where the form differs for speed it says why the result
+is the same, and tests compare it with plain transcriptions (tests/test_accel.py):
+- the shifter runs branch-free (low < hi read off a sign bit), or for many sets at once in <16 x i32> LLVM
+  vectors (``_group_shifter``) when the masks are narrow enough;
+- the scheduler keeps each row's candidate lanes as bit masks (one rotation per search entry, the counts in
+  bit-sliced planes, lowest set bit by cttz) instead of recounting every lane after every promotion;
+- the back-end costs every distinct fetch pattern once per window (``tactical_cycles``), not once per
+  filter set that uses it.
 """
 from __future__ import annotations
 
 import numba as nb
 import numpy as np
+from llvmlite import ir as _ir
+from numba.core import cgutils as _cgutils
+from numba.core import types
+from numba.core.extending import intrinsic
+from numba.cpython.unsafe.numbers import leading_zeros, trailing_zeros
 
 U64 = np.uint64
+U32 = np.uint32
+
+
+@intrinsic
+def _popcount(typingctx, x):
+    """One-bits of a uint64 (llvm.ctpop)."""
+    def codegen(context, builder, sig, args):
+        return builder.ctpop(args[0])
+    return types.uint64(types.uint64), codegen
+
+
+@nb.njit(inline="always")
+def _msb(v):
+    """Index of the highest set bit of v > 0 (llvm.ctlz)."""
+    return np.int64(63) - np.int64(leading_zeros(U64(v)))
+
+
+@nb.njit(inline="always")
+def _lsb(v):
+    """Index of the lowest set bit of v (llvm.cttz; 64 for v == 0)."""
+    return np.int64(trailing_zeros(U64(v)))
 
 
 # ---- Booth-like recoding (DNNsim Utils.cpp) --------------------------------------------------------------
@@ -82,10 +115,12 @@ def terms(values, use_booth: bool = True, bits: int = 15) -> np.ndarray:
 @nb.njit(inline="always")
 def _shifter(vals, n, window_shift):
     """Cycles for one activation set held in vals[:n] (uint64 term masks, consumed); 0 if no term at all.
-    Branch-free inner loops (they vectorise): lowest offset o over the set, then every value whose lowest
-    term lies below o + 2^b retires it."""
+    Branch-free inner loops: lowest offset o over the set, then every value whose lowest term lies below
+    hi = 2^(o + 2^b) retires it. low < hi is read off bit 63 of low - hi (both at most 2^63; were hi to
+    overflow, no value could retire with either test), so LLVM emits no data-dependent branch."""
     cyc = 0
     zero = U64(0)
+    s63 = U64(63)
     while True:
         orl = zero
         for k in range(n):
@@ -97,19 +132,242 @@ def _shifter(vals, n, window_shift):
         for k in range(n):
             v = vals[k]
             low = v & (zero - v)
-            vals[k] = v ^ (low & (zero - U64(low < hi)))
+            vals[k] = v ^ (low & (zero - ((low - hi) >> s63)))
         cyc += 1
 
 
+@nb.njit(inline="always")
+def _shifter4(a, b, c, d, window_shift):
+    """``_shifter`` on at most four masks held in registers (unused ones zero)."""
+    cyc = 0
+    zero = U64(0)
+    s63 = U64(63)
+    w = U64(window_shift)
+    while True:
+        la = a & (zero - a)
+        lb = b & (zero - b)
+        lc = c & (zero - c)
+        ld = d & (zero - d)
+        orl = la | lb | lc | ld
+        if orl == zero:
+            return cyc
+        hi = (orl & (zero - orl)) << w
+        a ^= la & (zero - ((la - hi) >> s63))
+        b ^= lb & (zero - ((lb - hi) >> s63))
+        c ^= lc & (zero - ((lc - hi) >> s63))
+        d ^= ld & (zero - ((ld - hi) >> s63))
+        cyc += 1
+
+
+@nb.njit(inline="always")
+def _set_cycles(M, base, loc, n, buf, window_shift):
+    """``_shifter`` on the activation set M[base + loc[:n]]. The count depends only on the non-zero masks
+    (a zero mask holds no term, so it never lowers o nor retires anything): they are packed first; a lone
+    value retires one term per cycle (its popcount), up to four run in registers."""
+    m = 0
+    for q in range(n):
+        x = U64(M[base + loc[q]])
+        buf[m] = x
+        m += x != 0
+    if m <= 1:
+        return np.int64(_popcount(buf[0])) if m == 1 else np.int64(0)
+    if m <= 4:
+        for q in range(m, 4):
+            buf[q] = 0
+        return np.int64(_shifter4(buf[0], buf[1], buf[2], buf[3], window_shift))
+    return np.int64(_shifter(buf, m, window_shift))
+
+
+_NV = 8  # <16 x i32> vectors per group-shifter call: 128 lanes (8 AVX2 registers' worth of chains)
+_NLANE = 16 * _NV
+_V16 = _ir.VectorType(_ir.IntType(32), 16)
+
+
+def _u32_vector_array(a) -> bool:
+    """A C-contiguous 1-D uint32 array (the group shifters read and write _NLANE of them, unchecked)."""
+    return isinstance(a, types.Array) and a.dtype == types.uint32 and a.ndim == 1 and a.layout == "C"
+
+
+def _group_shifter(g: int):
+    """An intrinsic running ``_shifter`` on the _NLANE // g activation sets of g lanes held in
+    buf[0:_NLANE] (uint32 term masks, set j in lanes g*j .. g*j+g-1, zero = no value); it stores each
+    lane's set's cycles into out[0:_NLANE] (0 if no term). All in <16 x i32> vectors: per cycle the lowest
+    terms (v & -v), their OR over each set (a butterfly of lane shuffles, so every lane holds its set's OR),
+    hi = its lowest bit << window, and every lane with low < hi retires its term. low < hi is the sign of
+    low - hi: exact while every mask and hi stay below 2^31 (callers check bit length + window <= 31). The
+    sets' dependency chains interleave; the loop runs until every set is done (a finished set adds no
+    cycles)."""
+    steps = [s for s in (1, 2, 4, 8) if s < g]
+
+    def gen(typingctx, buf, window_shift, out):
+        if not (_u32_vector_array(buf) and _u32_vector_array(out)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            i32 = _ir.IntType(32)
+            i64 = _ir.IntType(64)
+            base = builder.bitcast(context.make_array(sig.args[0])(context, builder, args[0]).data,
+                                   _V16.as_pointer())
+            obase = builder.bitcast(context.make_array(sig.args[2])(context, builder, args[2]).data,
+                                    _V16.as_pointer())
+            v0 = [builder.load(builder.gep(base, [_ir.Constant(i64, k)]), align=4) for k in range(_NV)]
+            wv = builder.trunc(args[1], i32)
+            wv = builder.insert_element(_ir.Constant(_V16, _ir.Undefined), wv, _ir.Constant(i32, 0))
+            wv = builder.shuffle_vector(wv, _ir.Constant(_V16, _ir.Undefined), _ir.Constant(_V16, [0] * 16))
+            zero = _ir.Constant(_V16, [0] * 16)
+            s31 = _ir.Constant(_V16, [31] * 16)
+            masks = [_ir.Constant(_V16, [i ^ s for i in range(16)]) for s in steps]
+            red_fn = _cgutils.get_or_insert_function(builder.module, _ir.FunctionType(i32, [_V16]),
+                                                     "llvm.vector.reduce.or.v16i32")
+            entry = builder.block
+            fn = builder.function
+            loop = fn.append_basic_block("gshifter.loop")
+            body = fn.append_basic_block("gshifter.body")
+            done = fn.append_basic_block("gshifter.done")
+            builder.branch(loop)
+            builder.position_at_end(loop)
+            vs = [builder.phi(_V16) for _ in range(_NV)]
+            cs = [builder.phi(_V16) for _ in range(_NV)]
+            for k in range(_NV):
+                vs[k].add_incoming(v0[k], entry)
+                cs[k].add_incoming(zero, entry)
+            lows, ors = [], []
+            anyv = zero
+            for k in range(_NV):
+                low = builder.and_(vs[k], builder.sub(zero, vs[k]))
+                x = low
+                for m in masks:
+                    x = builder.or_(x, builder.shuffle_vector(x, x, m))
+                lows.append(low)
+                ors.append(x)
+                anyv = builder.or_(anyv, x)
+            red = builder.call(red_fn, [anyv])
+            builder.cbranch(builder.icmp_unsigned("==", red, _ir.Constant(i32, 0)), done, body)
+            builder.position_at_end(body)
+            for k in range(_NV):
+                x = ors[k]
+                hi = builder.shl(builder.and_(x, builder.sub(zero, x)), wv)
+                keep = builder.ashr(builder.sub(lows[k], hi), s31)
+                vs[k].add_incoming(builder.xor(vs[k], builder.and_(lows[k], keep)), body)
+                live = builder.sext(builder.icmp_unsigned("!=", x, zero), _V16)
+                cs[k].add_incoming(builder.sub(cs[k], live), body)
+            builder.branch(loop)
+            builder.position_at_end(done)
+            for k in range(_NV):
+                builder.store(cs[k], builder.gep(obase, [_ir.Constant(i64, k)]), align=4)
+            return context.get_dummy_value()
+        return types.void(buf, window_shift, out), codegen
+    gen.__name__ = f"_shifter_g{g}"
+    return intrinsic(gen)
+
+
+_shifter_g1, _shifter_g2, _shifter_g4, _shifter_g8 = (_group_shifter(g) for g in (1, 2, 4, 8))
+
+
+@intrinsic
+def _shifter_g16(typingctx, buf, window_shift, out):
+    """``_group_shifter(16)`` with a scalar OR-reduction per set (cheaper than a 16-lane butterfly): set k is
+    buf[16k:16k+16], one <16 x i32> vector; its cycles go to out[16k]."""
+    if not (_u32_vector_array(buf) and _u32_vector_array(out)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i32 = _ir.IntType(32)
+        i64 = _ir.IntType(64)
+        arr = context.make_array(sig.args[0])(context, builder, args[0])
+        base = builder.bitcast(arr.data, _V16.as_pointer())
+        v0 = [builder.load(builder.gep(base, [_ir.Constant(i64, k)]), align=4) for k in range(_NV)]
+        w = builder.trunc(args[1], i32)
+        zero = _ir.Constant(_V16, [0] * 16)
+        s31 = _ir.Constant(_V16, [31] * 16)
+        z32 = _ir.Constant(i32, 0)
+        red_fn = _cgutils.get_or_insert_function(builder.module, _ir.FunctionType(i32, [_V16]),
+                                                 "llvm.vector.reduce.or.v16i32")
+        entry = builder.block
+        fn = builder.function
+        loop = fn.append_basic_block("shifter16xk.loop")
+        body = fn.append_basic_block("shifter16xk.body")
+        done = fn.append_basic_block("shifter16xk.done")
+        builder.branch(loop)
+        builder.position_at_end(loop)
+        vs = [builder.phi(_V16) for _ in range(_NV)]
+        cs = [builder.phi(i64) for _ in range(_NV)]
+        for k in range(_NV):
+            vs[k].add_incoming(v0[k], entry)
+            cs[k].add_incoming(_ir.Constant(i64, 0), entry)
+        lows, reds = [], []
+        anyr = z32
+        for k in range(_NV):
+            low = builder.and_(vs[k], builder.sub(zero, vs[k]))
+            red = builder.call(red_fn, [low])
+            lows.append(low)
+            reds.append(red)
+            anyr = builder.or_(anyr, red)
+        builder.cbranch(builder.icmp_unsigned("==", anyr, z32), done, body)
+        builder.position_at_end(body)
+        for k in range(_NV):
+            red = reds[k]
+            hi = builder.shl(builder.and_(red, builder.sub(z32, red)), w)
+            hiv = builder.insert_element(_ir.Constant(_V16, _ir.Undefined), hi, z32)
+            hiv = builder.shuffle_vector(hiv, _ir.Constant(_V16, _ir.Undefined), _ir.Constant(_V16, [0] * 16))
+            keep = builder.ashr(builder.sub(lows[k], hiv), s31)
+            vs[k].add_incoming(builder.xor(vs[k], builder.and_(lows[k], keep)), body)
+            cs[k].add_incoming(builder.add(cs[k], builder.zext(builder.icmp_unsigned("!=", red, z32), i64)), body)
+        builder.branch(loop)
+        builder.position_at_end(done)
+        o = context.make_array(sig.args[2])(context, builder, args[2])
+        for k in range(_NV):
+            builder.store(builder.trunc(cs[k], i32), builder.gep(o.data, [_ir.Constant(i64, 16 * k)]))
+        return context.get_dummy_value()
+    return types.void(buf, window_shift, out), codegen
+
+
+@nb.njit(inline="always")
+def _shifter_groups(buf, g, window_shift, out):
+    """``_group_shifter(g)`` for g in 1, 2, 4, 8; ``_shifter_g16`` for 16."""
+    if g == 16:
+        _shifter_g16(buf, window_shift, out)
+    elif g == 8:
+        _shifter_g8(buf, window_shift, out)
+    elif g == 4:
+        _shifter_g4(buf, window_shift, out)
+    elif g == 2:
+        _shifter_g2(buf, window_shift, out)
+    else:
+        _shifter_g1(buf, window_shift, out)
+
+
 @nb.njit(cache=True, nogil=True)
-def _pragmatic_kernel(masks, window_shift, out):
+def _pragmatic_kernel(masks, window_shift, vec, out):
     n, L = masks.shape
     buf = np.empty(L, np.uint64)
+    if vec:  # sets of g >= L lanes, _NLANE // g per vector call (L <= 16, narrow masks)
+        g = 1
+        while g < L:
+            g *= 2
+        per = _NLANE // g
+        vb = np.zeros(_NLANE, np.uint32)
+        cyc = np.zeros(_NLANE, np.uint32)
+        for i0 in range(0, n, per):
+            kk = min(per, n - i0)
+            for k in range(per):
+                for q in range(g):
+                    vb[g * k + q] = U32(masks[i0 + k, q]) if (k < kk and q < L) else U32(0)
+            _shifter_groups(vb, g, window_shift, cyc)
+            for k in range(kk):
+                c = cyc[g * k]
+                out[i0 + k] = c if c > 0 else 1
+        return
     for i in range(n):
         for k in range(L):
             buf[k] = U64(masks[i, k])
         c = _shifter(buf, L, window_shift)
         out[i] = c if c > 0 else 1
+
+
+def _vector_ok(top: int, lanes: int, window_shift: int) -> bool:
+    """Whether _group_shifter applies: at most 16 lanes, masks and 2^(highest term + window) below 2^31."""
+    return lanes <= 16 and int(top).bit_length() + int(window_shift) <= 31
 
 
 def pragmatic_cycles(masks: np.ndarray, bits_first_stage: int) -> np.ndarray:
@@ -118,7 +376,9 @@ def pragmatic_cycles(masks: np.ndarray, bits_first_stage: int) -> np.ndarray:
     inside [o, o + 2^b - 1]; an all-zero set costs 1. (Worked example: {5, 12, 1}: b=2 -> 2, b=0 -> 3.)"""
     m = np.ascontiguousarray(masks, dtype=np.int64).reshape(-1, masks.shape[-1])
     out = np.empty(m.shape[0], np.int64)
-    _pragmatic_kernel(m.view(np.uint64) if m.dtype == np.int64 else m, 1 << int(bits_first_stage), out)
+    ws = 1 << int(bits_first_stage)
+    vec = m.size > 0 and m.min() >= 0 and _vector_ok(m.max(), m.shape[1], ws)
+    _pragmatic_kernel(m.view(np.uint64), ws, vec, out)
     return out.reshape(masks.shape[:-1])
 
 
@@ -199,36 +459,65 @@ def search_map(shape: str, H: int, D: int) -> np.ndarray:
 
 
 @nb.njit(inline="always")
-def _tactical_count(nzm, r, t, l, T, L, smap, cnt, fst):
-    """Candidates of zero slot (t, lane l) of row r in the search map: count and index of the first."""
-    c = 0
-    first = -1
-    for q in range(smap.shape[0]):
-        th = t + smap[q, 0]
-        if th >= T:
-            continue
-        ld = (l + smap[q, 1]) % L
-        if (nzm[th, r] >> ld) & 1:
-            c += 1
-            if first < 0:
-                first = q
-    cnt[l] = c
-    fst[l] = first
+def _rotr(x, s, L, full):
+    """Rotate the L-bit lane mask x right by s (0 <= s < L): bit l of the result is bit (l + s) mod L of x."""
+    if s == 0:
+        return x
+    return ((x >> s) | (x << (L - s))) & full
+
+
+@nb.njit(inline="always")
+def _candidates(nzm, t, r, T, L, full, sdt, srot, cand, planes, nb):
+    """Candidate masks of every search-map entry q for the zero slots of row r at step t: bit l of cand[q]
+    says that lane (l + dlane) mod L of step t + dt holds a non-zero weight (DNNsim's search, wrap-around
+    inside the L lanes). Their per-lane counts go into nb bit-sliced planes (planes[b] = bit b of each
+    lane's count), added ripple-carry. sdt/srot: each entry's step offset and lane rotation (dlane mod L)."""
+    for b in range(nb):
+        planes[b] = 0
+    for q in range(sdt.size):
+        th = t + sdt[q]
+        x = _rotr(nzm[th, r], srot[q], L, full) if th < T else np.int64(0)
+        cand[q] = x
+        for b in range(nb):
+            c = planes[b] & x
+            planes[b] ^= x
+            x = c
+
+
+@nb.njit(inline="always")
+def _cand_any(cand, S):
+    """Lanes with at least one candidate."""
+    x = np.int64(0)
+    for q in range(S):
+        x |= cand[q]
+    return x
 
 
 @nb.njit(cache=True, nogil=True)
 def _schedule_kernel(nz, real, smap, H, src_t, src_l, execd):
     """nz/real [F, T, R, L] bool (weight non-zero / lane holds a real weight). Fills src_t/src_l [F, T, R, L]
     (time and lane of the activation each slot multiplies; src_t = -1: nothing) and execd [F, T].
-    Each row's non-zero lanes are a bit mask; the promotion loop is DNNsim's (see tactical_schedule)."""
+    Each row's non-zero lanes are a bit mask; the promotion loop is DNNsim's (see tactical_schedule): among
+    the zero slots of a row, the lowest lane with the most candidates takes its first candidate in search
+    order, until no zero slot has one. The candidates of all lanes are bit-parallel: per search entry a
+    rotation of the source row's mask, the counts in bit-sliced planes, the lowest lane with the largest
+    count read off the planes (highest plane first) and the trailing-zero count."""
     F, T, R, L = nz.shape
     nzm = np.zeros((T, R), np.int64)
     ot = np.zeros((T, R, L), np.int16)
     ol = np.zeros((T, R, L), np.int16)
     full = (np.int64(1) << L) - 1
     S = smap.shape[0]
-    cnt = np.zeros(L, np.int64)
-    fst = np.zeros(L, np.int64)
+    nb = 1
+    while (1 << nb) <= S:
+        nb += 1
+    cand = np.zeros(S, np.int64)
+    planes = np.zeros(nb, np.int64)
+    sdt = np.empty(S, np.int64)
+    srot = np.empty(S, np.int64)
+    for q in range(S):
+        sdt[q] = smap[q, 0]
+        srot[q] = smap[q, 1] % L
     for f in range(F):
         for t in range(T):
             for r in range(R):
@@ -258,47 +547,42 @@ def _schedule_kernel(nz, real, smap, H, src_t, src_l, execd):
                 zm = (~nzm[t, r]) & full
                 if zm == 0:
                     continue
-                # candidate counts and first candidates of the zero lanes, kept up to date incrementally
-                # (DNNsim recounts every lane after each promotion; only lanes that saw the taken
-                # candidate change, so the result is the same)
-                z = zm
-                while z:
-                    low = z & (-z)
-                    z ^= low
-                    l = 0
-                    while (low >> l) != 1:
-                        l += 1
-                    _tactical_count(nzm, r, t, l, T, L, smap, cnt, fst)
+                _candidates(nzm, t, r, T, L, full, sdt, srot, cand, planes, nb)
                 while zm:
-                    best = 0
-                    bl = -1
-                    z = zm
-                    while z:
-                        low = z & (-z)
-                        z ^= low
-                        l = 0
-                        while (low >> l) != 1:
-                            l += 1
-                        if cnt[l] > best:
-                            best = cnt[l]
-                            bl = l
-                    if best <= 0:
+                    best = zm  # zero lanes with the largest count: keep those with the highest plane set
+                    for b in range(nb - 1, -1, -1):
+                        x = best & planes[b]
+                        if x != 0:
+                            best = x
+                    bl = _lsb(best)
+                    if ((_cand_any(cand, S) >> bl) & 1) == 0:  # the best count is 0: no slot has a candidate
                         break
-                    q0 = fst[bl]
-                    bt = t + smap[q0, 0]
-                    bd = (bl + smap[q0, 1]) % L
+                    q0 = 0
+                    while ((cand[q0] >> bl) & 1) == 0:
+                        q0 += 1
+                    bt = t + sdt[q0]
+                    bd = bl + srot[q0]
+                    if bd >= L:
+                        bd -= L
                     t0, l0 = ot[t, r, bl], ol[t, r, bl]
                     ot[t, r, bl], ol[t, r, bl] = ot[bt, r, bd], ol[bt, r, bd]
                     ot[bt, r, bd], ol[bt, r, bd] = t0, l0
                     nzm[t, r] |= np.int64(1) << bl
                     nzm[bt, r] &= ~(np.int64(1) << bd)
                     zm &= ~(np.int64(1) << bl)
-                    for q in range(S):  # zero lanes that counted the taken weight
-                        if t + smap[q, 0] != bt:
+                    for q in range(S):  # the taken weight stops being a candidate: one lane's count drops by 1
+                        if sdt[q] != bt - t:
                             continue
-                        l2 = (bd - smap[q, 1]) % L
-                        if (zm >> l2) & 1:
-                            _tactical_count(nzm, r, t, l2, T, L, smap, cnt, fst)
+                        l2 = bd - srot[q]
+                        if l2 < 0:
+                            l2 += L
+                        x = np.int64(1) << l2
+                        if cand[q] & x:
+                            cand[q] ^= x
+                            for b in range(nb):  # bit-sliced decrement of lane l2
+                                c = x & ~planes[b]
+                                planes[b] ^= x
+                                x = c
         for t in range(T):
             for r in range(R):
                 for l in range(L):
@@ -350,7 +634,13 @@ def _patterns_kernel(src_t, src_l, real, rows_real, step_off, boff, L, has_ident
                 if ident:
                     has_ident[f, t] = True
                     continue
-                cur.sort()
+                for a in range(1, Lw):  # insertion sort: lanes that kept their weight are in order already
+                    x = cur[a]
+                    b = a - 1
+                    while b >= 0 and cur[b] > x:
+                        cur[b + 1] = cur[b]
+                        b -= 1
+                    cur[b + 1] = x
                 dup = False
                 for q in range(pat_start[f, t], k):
                     same = True
@@ -369,151 +659,265 @@ def _patterns_kernel(src_t, src_l, real, rows_real, step_off, boff, L, has_ident
     return k
 
 
-@nb.njit(inline="always")
-def _msb(v):
-    c = 0
-    while v >> U64(c + 1):
-        c += 1
-    return c
-
-
-@nb.njit(inline="always")
-def _lsb(v):
-    c = 0
-    while ((v >> U64(c)) & U64(1)) == 0:
-        c += 1
-    return c
 
 
 @nb.njit(cache=True, nogil=True)
-def _tactical_kernel(M, gcost, ghi, glo, pat_off, pat_start, pat_n, goff, execd, has_ident, fs_img0, fs_img1,
-                     Hp, Wp, Cp, cb, sh, sw, oh, ow, C, L, backend, window_shift, gsize, minor, registers,
-                     out_cycles, out_busy):
-    """Cycles of every filter set. Rows of a filter set whose schedule at step t is the identity share the
-    brick's cost (``gcost``/``ghi``/``glo`` at ``goff``); the other rows at (f, t) are given as their distinct
-    fetch patterns ``pat_off`` (flat offsets of the activations their lanes read, -1 = nothing; rows with the
-    same pattern read the same activations, so each pattern is costed once)."""
+def _dedupe_rows(rows, order, row_cls, pid):
+    """Distinct rows of ``rows`` within each class ``row_cls``, visiting the rows in ``order`` (open-addressing
+    hash of (class, row)). Writes pid[i] (the distinct entry of row i, numbered in order of first visit) and
+    returns each entry's flat offsets packed left (locs, -1 entries dropped, zero-padded, with _NLANE zero
+    rows past the last entry), their number (nlocs) and lane masks (lmask: all ones where locs is live)."""
+    P, Lw = rows.shape
+    size = 2
+    while size < 2 * P:
+        size *= 2
+    slots = np.full(size, -1, np.int64)
+    first = np.empty(P, np.int64)
+    nu = 0
+    for j in range(P):
+        i = order[j]
+        h = U64(row_cls[i]) * U64(0x9E3779B97F4A7C15)
+        for l in range(Lw):
+            h = (h ^ U64(rows[i, l] + 1)) * U64(0xBF58476D1CE4E5B9)
+            h ^= h >> U64(29)
+        k = np.int64(h & U64(size - 1))
+        while True:
+            e = slots[k]
+            if e < 0:
+                slots[k] = nu
+                first[nu] = i
+                pid[i] = nu
+                nu += 1
+                break
+            r = first[e]
+            same = row_cls[r] == row_cls[i]
+            if same:
+                for l in range(Lw):
+                    if rows[r, l] != rows[i, l]:
+                        same = False
+                        break
+            if same:
+                pid[i] = e
+                break
+            k = (k + 1) & (size - 1)
+    locs = np.zeros((nu + _NLANE, Lw), np.int64)
+    lmask = np.zeros((nu + _NLANE, Lw), np.uint32)
+    nlocs = np.zeros(nu + _NLANE, np.int64)
+    for e in range(nu):
+        n = 0
+        for l in range(Lw):
+            o = rows[first[e], l]
+            if o >= 0:
+                locs[e, n] = o
+                lmask[e, n] = U32(0xFFFFFFFF)
+                n += 1
+        nlocs[e] = n
+    return locs, nlocs, lmask
+
+
+@nb.njit(cache=True, nogil=True)
+def _pattern_table(M, locs, nlocs, lmask, u0, u1, img, w0, w1, pixw, HWp, Cp, backend, window_shift, vec, tab,
+                   tlo):
+    """Cost of the distinct fetch patterns u in [u0, u1) (flat offsets locs[u, :nlocs[u]]) in windows
+    [w0, w1) of image ``img``: tab[u - u0, w - w0] = Pragmatic cycles of the fetched term masks (at least 1;
+    backend 0; ``vec``: ``_group_shifter`` on many patterns at once), or the highest bit + sign (tab) and lowest
+    bit (tlo; 64: none) of the fetched values (backend 1). Window-major: the patterns of one window read
+    neighbouring activations."""
+    buf = np.empty(max(locs.shape[1], 4), np.uint64)
+    vb = np.zeros(_NLANE, np.uint32)
+    cyc = np.zeros(_NLANE, np.uint32)
+    g = 1  # lanes per set: enough for the longest pattern
+    for u in range(u0, u1):
+        while g < nlocs[u]:
+            g *= 2
+    per = _NLANE // g
+    sign_bit = U64(1) << U64(62)
+    mag_mask = ~sign_bit
+    for w in range(w0, w1):
+        base = (img * HWp + pixw[w]) * Cp
+        r = w - w0
+        if backend == 0 and vec:
+            for ub in range(u0, u1, per):  # locs/lmask have _NLANE zero rows past the last entry
+                for k in range(per):
+                    for q in range(g):  # fixed trip count: lanes past a pattern's length read M[base] masked off
+                        vb[g * k + q] = U32(M[base + locs[ub + k, q]]) & lmask[ub + k, q]
+                _shifter_groups(vb, g, window_shift, cyc)
+                for k in range(min(per, u1 - ub)):
+                    c = cyc[g * k]
+                    tab[ub + k - u0, r] = c if c > 0 else 1
+            continue
+        for u in range(u0, u1):
+            n = nlocs[u]
+            if backend == 0:
+                v = _set_cycles(M, base, locs[u], n, buf, window_shift)
+                tab[u - u0, r] = v if v > 0 else 1
+            else:
+                hi = np.int64(0)
+                lo = np.int64(64)
+                for q in range(n):
+                    a = U64(M[base + locs[u, q]])
+                    mag = a & mag_mask
+                    mb = np.int64(0)
+                    if mag != 0:
+                        mb = _msb(mag)
+                        lo = min(lo, _lsb(mag))
+                    if a & sign_bit:
+                        mb += 1
+                    hi = max(hi, mb)
+                tab[u - u0, r] = hi
+                tlo[u - u0, r] = lo
+
+
+@nb.njit(cache=True, nogil=True)
+def _tactical_kernel(M, gcost, ghi, glo, locs, nlocs, lmask, ustart, pid, pat_start, pat_n, goff, execd, has_ident,
+                     cls_fs, cls_fs_start, cimg0, cimg1, Hp, Wp, Cp, cb, sh, sw, oh, ow, C, backend, window_shift,
+                     vec, gsize, minor, registers, max_entries, out_cycles, out_busy):
+    """Cycles and busy column-cycles of every filter set. Rows of a filter set whose schedule at step t is
+    the identity share the brick's cost (``gcost``/``ghi``/``glo`` at ``goff``); every other row at (f, t) is
+    one of the pat_n[f, t] distinct fetch patterns at pat_start[f, t], ``pid`` naming its entry among the
+    distinct patterns of its class of filter sets (those reading the same images, ``cls_fs`` from
+    cls_fs_start[k]; their entries ustart[k]..ustart[k+1]). A pattern that recurs in several filter sets
+    (other row blocks) is costed once per window: per class, image and chunk of column sets, a table of
+    every entry's cost (``_pattern_table``), then each filter set of the class runs those column sets with
+    its own column-sync state. A filter set sees its steps in the order of a filter-set-at-a-time loop
+    (images, column sets, steps), so the cycles are that loop's."""
     F = goff.shape[0]
     T = goff.shape[1]
     nwin = oh * ow
     nsets = (nwin + C - 1) // C
     ngroups = (C + gsize - 1) // gsize
     ncol = C if backend == 0 else ngroups
-    buf = np.empty(L, np.uint64)
-    loc = np.empty(L, np.int64)
     colc = np.zeros(C, np.int64)
     gmax = np.zeros(ngroups, np.int64)
     gmin = np.zeros(ngroups, np.int64)
-    bm = np.zeros(C, np.int64)
     bg = np.zeros(C, np.int64)
     act = np.zeros(C, np.bool_)
-    end = np.zeros(ncol, np.int64)
-    prev = np.zeros(max(registers, 1), np.int64)
-    sign_bit = U64(1) << U64(62)
-    mag_mask = ~sign_bit
-    for f in range(F):
-        end[:] = 0
-        prev[:] = 0
-        busy = np.int64(0)
-        for img in range(fs_img0[f], fs_img1[f]):
-            for st in range(nsets):
-                for c in range(C):
-                    w = st * C + c
-                    act[c] = w < nwin
-                    if act[c]:
-                        oy = w // ow
-                        ox = w - oy * ow
-                        pix = (img * Hp + oy * sh) * Wp + ox * sw
-                        bm[c] = pix * Cp
-                        bg[c] = pix * cb
-                for t in range(T):
-                    if not execd[f, t]:
-                        continue
-                    if backend == 0:
+    end2 = np.zeros((F, ncol), np.int64)
+    prev2 = np.zeros((F, max(registers, 1)), np.int64)
+    busy2 = np.zeros(F, np.int64)
+    pixw = np.zeros(max(nwin, 1), np.int64)
+    for w in range(nwin):
+        oy = w // ow
+        pixw[w] = oy * sh * Wp + (w - oy * ow) * sw
+    HWp = Hp * Wp
+    maxu = 1
+    for k in range(ustart.size - 1):
+        maxu = max(maxu, ustart[k + 1] - ustart[k])
+    chunk = max(1, min(nsets, max_entries // (maxu * C)))  # column sets per table
+    tab = np.zeros((maxu, chunk * C), np.int16)
+    tlo = np.zeros((maxu if backend == 1 else 1, chunk * C), np.int16)
+    for k in range(ustart.size - 1):
+        u0, u1 = ustart[k], ustart[k + 1]
+        for img in range(cimg0[k], cimg1[k]):
+            for s0 in range(0, nsets, chunk):
+                s1 = min(nsets, s0 + chunk)
+                _pattern_table(M, locs, nlocs, lmask, u0, u1, img, s0 * C, min(nwin, s1 * C), pixw, HWp, Cp,
+                               backend, window_shift, vec, tab, tlo)
+                for fi in range(cls_fs_start[k], cls_fs_start[k + 1]):
+                    f = cls_fs[fi]
+                    end = end2[f]
+                    prev = prev2[f]
+                    busy = busy2[f]
+                    for st in range(s0, s1):
+                        wb = (st - s0) * C
                         for c in range(C):
-                            colc[c] = gcost[bg[c] + goff[f, t]] if (act[c] and has_ident[f, t]) else 0
-                    else:
-                        for g in range(ngroups):
-                            gmax[g] = 0
-                            gmin[g] = 64
-                        if has_ident[f, t]:
-                            for c in range(C):
-                                if act[c]:
-                                    g = c // gsize
-                                    h = ghi[bg[c] + goff[f, t]]
-                                    lo = glo[bg[c] + goff[f, t]]
-                                    if h > gmax[g]:
-                                        gmax[g] = h
-                                    if lo < gmin[g]:
-                                        gmin[g] = lo
-                    for k in range(pat_n[f, t]):
-                        pr = pat_start[f, t] + k
-                        n = 0
-                        for l in range(L):
-                            o = pat_off[pr, l]
-                            if o >= 0:
-                                loc[n] = o
-                                n += 1
-                        for c in range(C):
-                            if not act[c]:
-                                continue
-                            base = bm[c]
-                            if backend == 0:
-                                for q in range(n):
-                                    buf[q] = M[base + loc[q]]
-                                v = _shifter(buf, n, window_shift)
-                                if v == 0:
-                                    v = 1
-                                if v > colc[c]:
-                                    colc[c] = v
-                            else:
-                                g = c // gsize
-                                for q in range(n):
-                                    a = M[base + loc[q]]
-                                    mag = a & mag_mask
-                                    mb = np.int64(0)
-                                    if mag != 0:
-                                        mb = _msb(mag)
-                                        lb = _lsb(mag)
-                                        if lb < gmin[g]:
-                                            gmin[g] = lb
-                                    if a & sign_bit:
-                                        mb += 1
-                                    if mb > gmax[g]:
-                                        gmax[g] = mb
-                    if backend == 0:
-                        for c in range(C):
+                            w = st * C + c
+                            act[c] = w < nwin
                             if act[c]:
-                                if colc[c] == 0:
-                                    colc[c] = 1
-                                end[c] += colc[c]
-                                busy += colc[c]
-                    else:
-                        for g in range(ngroups):
-                            any_act = False
-                            for c in range(g * gsize, min(C, (g + 1) * gsize)):
-                                if act[c]:
-                                    any_act = True
-                            if not any_act:
+                                bg[c] = (img * HWp + pixw[w]) * cb
+                        for t in range(T):
+                            if not execd[f, t]:
                                 continue
-                            if minor:
-                                cy = gmax[g] - gmin[g] + 1 if gmin[g] <= gmax[g] else 1
+                            ident = has_ident[f, t]
+                            g0 = goff[f, t]
+                            p0 = pat_start[f, t]
+                            npat = pat_n[f, t]
+                            if backend == 0:
+                                for c in range(C):
+                                    colc[c] = gcost[bg[c] + g0] if (ident and act[c]) else 0
+                                for q in range(npat):  # one table row per pattern: the C columns side by side
+                                    e = pid[p0 + q] - u0
+                                    for c in range(C):
+                                        colc[c] = max(colc[c], np.int64(tab[e, wb + c]))
+                                for c in range(C):
+                                    if act[c]:
+                                        v = max(colc[c], 1)
+                                        end[c] += v
+                                        busy += v
                             else:
-                                cy = gmax[g] + 1
-                            end[g] += cy
-                            busy += cy
-                    if registers > 0:
-                        mx = _release_columns(end, prev, ncol, registers)
-                    else:
-                        mx = end[0]
-                        for c in range(1, ncol):
-                            if end[c] > mx:
-                                mx = end[c]
-                        for c in range(ncol):
-                            end[c] = mx
+                                for g in range(ngroups):
+                                    gmax[g] = 0
+                                    gmin[g] = 64
+                                for c in range(C):
+                                    if ident and act[c]:
+                                        g = c // gsize
+                                        gmax[g] = max(gmax[g], ghi[bg[c] + g0])
+                                        gmin[g] = min(gmin[g], glo[bg[c] + g0])
+                                for q in range(npat):
+                                    e = pid[p0 + q] - u0
+                                    for c in range(C):
+                                        if act[c]:
+                                            g = c // gsize
+                                            gmax[g] = max(gmax[g], np.int64(tab[e, wb + c]))
+                                            gmin[g] = min(gmin[g], np.int64(tlo[e, wb + c]))
+                                for g in range(ngroups):
+                                    if not act[g * gsize]:  # columns fill in order: a group is live iff its first is
+                                        continue
+                                    if minor:
+                                        cy = gmax[g] - gmin[g] + 1 if gmin[g] <= gmax[g] else 1
+                                    else:
+                                        cy = gmax[g] + 1
+                                    end[g] += cy
+                                    busy += cy
+                            if registers > 0:
+                                _release_columns(end, prev, ncol, registers)
+                            else:
+                                mx = end[0]
+                                for c in range(1, ncol):
+                                    mx = max(mx, end[c])
+                                for c in range(ncol):
+                                    end[c] = mx
+                    busy2[f] = busy
+    for f in range(F):
         mx = np.int64(0)
         for c in range(ncol):
-            if end[c] > mx:
-                mx = end[c]
+            mx = max(mx, end2[f, c])
         out_cycles[f] = mx
-        out_busy[f] = busy
+        out_busy[f] = busy2[f]
+
+
+def tactical_cycles(M, gcost, ghi, glo, pat_off, pat_start, pat_n, goff, execd, has_ident, img0, img1, Hp, Wp, Cp,
+                    cb, sh, sw, oh, ow, C, backend, window_shift, gsize, minor, registers,
+                    max_entries: int = 1 << 18):
+    """Cycles and busy column-cycles [F] of every filter set on the TCL-E (backend 0: Pragmatic on term masks
+    ``M``) or TCL-P (backend 1: dynamic precision on ``M`` = magnitude | sign << 62) back-end.
+    ``M``: the activation bricks (image, y, x, brick) of Cp = cb x lanes values; ``gcost``/``ghi``/``glo``: per
+    brick costs for rows with the identity schedule; ``pat_off`` [P, lanes]: the distinct fetch patterns of
+    each (f, t) from ``_patterns_kernel`` (pat_start, pat_n); ``img0``/``img1``: the images each filter set
+    reads. Patterns are de-duplicated across filter sets that read the same images and costed once per
+    window (``_tactical_kernel``; tables of at most ``max_entries``)."""
+    F, T = goff.shape
+    img0 = np.asarray(img0, np.int64)
+    img1 = np.asarray(img1, np.int64)
+    ckeys, fcls = np.unique(img0 * (int(img1.max(initial=0)) + 1) + img1, return_inverse=True)
+    fcls = fcls.reshape(-1).astype(np.int64)
+    cls_fs = np.argsort(fcls, kind="stable").astype(np.int64)
+    cls_fs_start = np.searchsorted(fcls[cls_fs], np.arange(ckeys.size + 1)).astype(np.int64)
+    cimg0 = img0[cls_fs[cls_fs_start[:-1]]]
+    cimg1 = img1[cls_fs[cls_fs_start[:-1]]]
+    P = pat_off.shape[0]
+    row_cls = np.repeat(fcls, pat_n.sum(axis=1))
+    perm = np.argsort(row_cls, kind="stable")  # rows class by class: entries of one class are contiguous
+    pid = np.empty(P, np.int64)
+    locs, nlocs, lmask = _dedupe_rows(pat_off, perm, row_cls, pid)
+    ustart = np.zeros(ckeys.size + 1, np.int64)
+    np.maximum.at(ustart, row_cls + 1, pid + 1)  # entries of class k end at the largest entry it visits
+    ustart = np.maximum.accumulate(ustart)
+    vec = backend == 0 and M.size > 0 and _vector_ok(M.max(), pat_off.shape[1], window_shift)
+    out_c = np.zeros(F, np.int64)
+    out_b = np.zeros(F, np.int64)
+    _tactical_kernel(M, gcost, ghi, glo, locs, nlocs, lmask, ustart, pid, pat_start, pat_n, goff, execd, has_ident,
+                     cls_fs, cls_fs_start, cimg0, cimg1, Hp, Wp, Cp, cb, sh, sw, oh, ow, C, backend, window_shift,
+                     vec, gsize, minor, registers, int(max_entries), out_c, out_b)
+    return out_c, out_b
+

@@ -30,7 +30,7 @@ from ..errors import UserError
 from . import tiling
 from .base import ceil_div
 from .dnnsim import DnnsimModel, brick_values, dense_streams, result
-from .kernels import _patterns_kernel, _tactical_kernel, booth, pragmatic_cycles, tactical_schedule
+from .kernels import _patterns_kernel, booth, pragmatic_cycles, tactical_cycles, tactical_schedule
 
 
 class Tactical(DnnsimModel):
@@ -140,12 +140,10 @@ class Tactical(DnnsimModel):
                                 pat_off, pat_start, pat_n)
         pat_off = pat_off[:npat]
         oh, ow = wl.out_hw
-        out_c = np.zeros(sch["F"], np.int64)
-        out_b = np.zeros(sch["F"], np.int64)
-        _tactical_kernel(M, gcost.astype(np.int64), ghi.astype(np.int64), glo.astype(np.int64), pat_off, pat_start, pat_n, goff.astype(np.int64), sch["execd"], has_ident, sch["img0"],
-                         sch["img1"],
-                         Hp, Wp, Cp, cbk, wl.stride[0], wl.stride[1], oh, ow, C, L, 0 if pragmatic else 1,
-                         1 << cfg["bits_first_stage"], gs, cfg["minor_bit"], regs, out_c, out_b)
+        out_c, _ = tactical_cycles(M, gcost.astype(np.int64), ghi.astype(np.int64), glo.astype(np.int64), pat_off,
+                                   pat_start, pat_n, goff.astype(np.int64), sch["execd"], has_ident, sch["img0"],
+                                   sch["img1"], Hp, Wp, Cp, cbk, wl.stride[0], wl.stride[1], oh, ow, C,
+                                   0 if pragmatic else 1, 1 << cfg["bits_first_stage"], gs, cfg["minor_bit"], regs)
         cycles = tiling.round_robin(out_c.astype(np.float64), T)
         # work: terms (E) or precision bits (P) of activations met by non-zero weights
         st = self.streams(wl, cfg)
