@@ -524,7 +524,7 @@ def reference_pragmatic(vals, b):
     return max(cyc, 1)
 
 
-@pytest.mark.parametrize("lanes", [16, 5, 20])  # 20 lanes: the scalar path
+@pytest.mark.parametrize("lanes", [16, 5, 3, 20])
 @pytest.mark.parametrize("b", [0, 2, 3])
 def test_pragmatic_kernel_matches_transcription(lanes, b):
     rng = np.random.default_rng(lanes * 10 + b)
@@ -537,7 +537,7 @@ def test_pragmatic_kernel_matches_transcription(lanes, b):
 
 @pytest.mark.parametrize("backend", ["pragmatic", "precision"])
 def test_tactical_paths_agree(monkeypatch, backend):
-    """The vector shifter, the scalar one and tables of any size give the same Bit-Tactical cycles."""
+    """Tables of any size give the same Bit-Tactical cycles."""
     from functools import partial
 
     from bitsieve.accel import kernels, tactical
@@ -555,21 +555,24 @@ def test_tactical_paths_agree(monkeypatch, backend):
         return [run_layer(wl, ["tactical"], "int8", sets)["tactical"].cycles for wl in layers]
 
     want = run()
-    monkeypatch.setattr(kernels, "_vector_ok", lambda *args: False)
-    assert run() == want
     monkeypatch.setattr(tactical, "tactical_cycles", partial(kernels.tactical_cycles, max_entries=1))
     assert run() == want
 
 
-@pytest.mark.parametrize("accel", ["bitx", "bitxpro"])
-def test_weight_reads_only_from_rows_with_filters(accel):
+@pytest.mark.parametrize("accel,fmt", [("bitx", "int16"), ("bitxpro", "int16"), ("bitlet", "int16"),
+                                       ("bitlet", "fp32"), ("bitwave", "int16"), ("bitvert", "int16")])
+def test_weight_reads_only_from_rows_with_filters(accel, fmt):
     """A depthwise conv runs one filter at a time on the weight-serial array: its weight SRAM reads are the
-    real filters' weights once per column step, however many rows the array has."""
+    real filters' weights once per column step, however many rows the array has (as with one row, which
+    every filter fills)."""
     rng = np.random.default_rng(5)
     wl = tiling.Workload.conv(rng.normal(size=(32, 1, 3, 3)).astype(np.float32),
                               np.abs(rng.normal(size=(1, 32, 8, 8))).astype(np.float32), padding=1, groups=32)
     got = set()
-    for rows in (16, 4):
-        sim = Simulator(Run(accels=[accel], fmt="int16", sets={accel: {"rows": rows}}))
+    for rows in (16, 4, 1):
+        sets = {"dataflows": f"8x{rows}x1", "reconfigurable": False} if accel == "bitwave" else {"rows": rows}
+        sim = Simulator(Run(accels=[accel], fmt=fmt, sets={accel: sets}))
         got.add(sim.layer(wl)[accel].events["sram_w_bits"])
-    assert got == {32 * 64 * 16 * 64.0}  # 32 filters x one 64-lane group x 16 bits x 64 output pixels
+    assert len(got) == 1
+    if accel in ("bitx", "bitxpro"):
+        assert got == {32 * 64 * 16 * 64.0}  # 32 filters x one 64-lane group x 16 bits x 64 output pixels

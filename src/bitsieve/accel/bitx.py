@@ -29,7 +29,7 @@ energy per unit-cycle). SRAM: one output pixel per tile step (``columns`` = 1) s
 among only ``rows`` = 16 filters (dense: 256), and the 64-lane groups are mostly padding on short
 reductions (3x3 depthwise: 9 of 64 lanes), so on efficientnet-lite0 BitX reads ~2x dense's SRAM bits
 (~27x on the depthwise layers); on LeNet, whose dense run pads 1 input channel to 16 lanes, it reads fewer.
-Only the rows that hold a filter read weights (``real_row_weight_bits``).
+Only the rows that hold a filter read weights (``wserial.real_row_weight_bits``).
 """
 from __future__ import annotations
 
@@ -40,14 +40,6 @@ from ..errors import UserError
 from .bitlet_pe import checkwindow_cycles
 from .wserial import WeightSerial, nonzero_mask, result, row_share
 from . import tiling
-
-
-def real_row_weight_bits(wl, chunks: int, rep: int, cfg, fmt) -> float:
-    """SRAM weight bits read: every tile step reads the ``group`` weights of each of its rows that holds a
-    filter, once per column step. Rows past a layer's filters (a depthwise conv runs one filter at a time,
-    BitSim; a small layer fills few of the ``rows``) hold no weights and read none: ``WeightSerial.events``
-    charges all ``rows`` (15 empty rows of 16 on every depthwise tile)."""
-    return float(rep) * wl.out_ch * chunks * cfg["group"] * WeightSerial.width(fmt)
 
 
 def runtime_select(planes, cfg):
@@ -99,7 +91,6 @@ class BitX(WeightSerial):
         eff = float(np.bitwise_count(p.words).sum()) * wl.batch * wl.windows * self.width(fmt)
         kept = float(np.bitwise_count(nonzero_mask(p.words)).mean()) if p.n_groups else 0.0
         ev = self.events(wl, cfg, fmt, cycles, t.size, rep, {
-            "sram_w_bits": real_row_weight_bits(wl, cost2.shape[1], rep, cfg, fmt),
             "kept_planes_mean": kept,
             "pruned_bit_frac": 1.0 - float(np.bitwise_count(p.words).sum()) / max(float(np.bitwise_count(wplanes.words).sum()), 1.0)})
         if cfg["model"] == "planeserial":

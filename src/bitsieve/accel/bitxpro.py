@@ -25,7 +25,6 @@ import numpy as np
 
 from .. import formats
 from . import tiling
-from .bitx import real_row_weight_bits
 from .wserial import WeightSerial, result
 
 
@@ -70,8 +69,7 @@ class BitXpro(WeightSerial):
         slots = float(per_plane.astype(bool).sum() * cfg["rows"])
         share = 1.0 - used / slots if slots else 0.0
         ev = self.events(wl, cfg, fmt, cycles, tile.size, rep,
-                         {"shared_planes_mean": float((per_plane > 0).sum(axis=3).mean()) if tile.size else 0.0,
-                          "sram_w_bits": real_row_weight_bits(wl, ones.shape[1] // nb, rep, cfg, fmt)})
+                         {"shared_planes_mean": float((per_plane > 0).sum(axis=3).mean()) if tile.size else 0.0})
         return result(cycles, self.units(cfg, fmt), eff, ev,
                       "shared plane set: planes kept for the tile that are empty in some rows", share,
                       self.dense_equiv(tile.size, rep, cfg, fmt))

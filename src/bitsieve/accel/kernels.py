@@ -10,8 +10,7 @@
   back-end on the activations each scheduled weight lane fetches.
 Each kernel gives exactly the cited loop's result; where the form differs for speed it says why the result
 is the same, and tests compare it with plain transcriptions (tests/test_accel.py):
-- the shifter runs branch-free (low < hi read off a sign bit), or for many sets at once in <16 x i32> LLVM
-  vectors (``_group_shifter``) when the masks are narrow enough;
+- the shifter runs branch-free (low < hi read off a sign bit), on the set's non-zero masks only;
 - the scheduler keeps each row's candidate lanes as bit masks (one rotation per search entry, the counts in
   bit-sliced planes, lowest set bit by cttz) instead of recounting every lane after every promotion;
 - the back-end costs every distinct fetch pattern once per window (``tactical_cycles``), not once per
@@ -21,14 +20,11 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
-from llvmlite import ir as _ir
-from numba.core import cgutils as _cgutils
 from numba.core import types
 from numba.core.extending import intrinsic
 from numba.cpython.unsafe.numbers import leading_zeros, trailing_zeros
 
 U64 = np.uint64
-U32 = np.uint32
 
 
 @intrinsic
@@ -160,15 +156,10 @@ def _shifter4(a, b, c, d, window_shift):
 
 
 @nb.njit(inline="always")
-def _set_cycles(M, base, loc, n, buf, window_shift):
-    """``_shifter`` on the activation set M[base + loc[:n]]. The count depends only on the non-zero masks
-    (a zero mask holds no term, so it never lowers o nor retires anything): they are packed first; a lone
-    value retires one term per cycle (its popcount), up to four run in registers."""
-    m = 0
-    for q in range(n):
-        x = U64(M[base + loc[q]])
-        buf[m] = x
-        m += x != 0
+def _packed_cycles(buf, m, window_shift):
+    """``_shifter`` on the m non-zero masks buf[:m] (a zero mask holds no term, so it never lowers o nor
+    retires anything, and the count depends only on the non-zero masks): a lone value retires one term per
+    cycle (its popcount), up to four run in registers."""
     if m <= 1:
         return np.int64(_popcount(buf[0])) if m == 1 else np.int64(0)
     if m <= 4:
@@ -178,196 +169,29 @@ def _set_cycles(M, base, loc, n, buf, window_shift):
     return np.int64(_shifter(buf, m, window_shift))
 
 
-_NV = 8  # <16 x i32> vectors per group-shifter call: 128 lanes (8 AVX2 registers' worth of chains)
-_NLANE = 16 * _NV
-_V16 = _ir.VectorType(_ir.IntType(32), 16)
-
-
-def _u32_vector_array(a) -> bool:
-    """A C-contiguous 1-D uint32 array (the group shifters read and write _NLANE of them, unchecked)."""
-    return isinstance(a, types.Array) and a.dtype == types.uint32 and a.ndim == 1 and a.layout == "C"
-
-
-def _group_shifter(g: int):
-    """An intrinsic running ``_shifter`` on the _NLANE // g activation sets of g lanes held in
-    buf[0:_NLANE] (uint32 term masks, set j in lanes g*j .. g*j+g-1, zero = no value); it stores each
-    lane's set's cycles into out[0:_NLANE] (0 if no term). All in <16 x i32> vectors: per cycle the lowest
-    terms (v & -v), their OR over each set (a butterfly of lane shuffles, so every lane holds its set's OR),
-    hi = its lowest bit << window, and every lane with low < hi retires its term. low < hi is the sign of
-    low - hi: exact while every mask and hi stay below 2^31 (callers check bit length + window <= 31). The
-    sets' dependency chains interleave; the loop runs until every set is done (a finished set adds no
-    cycles)."""
-    steps = [s for s in (1, 2, 4, 8) if s < g]
-
-    def gen(typingctx, buf, window_shift, out):
-        if not (_u32_vector_array(buf) and _u32_vector_array(out)):
-            return None
-
-        def codegen(context, builder, sig, args):
-            i32 = _ir.IntType(32)
-            i64 = _ir.IntType(64)
-            base = builder.bitcast(context.make_array(sig.args[0])(context, builder, args[0]).data,
-                                   _V16.as_pointer())
-            obase = builder.bitcast(context.make_array(sig.args[2])(context, builder, args[2]).data,
-                                    _V16.as_pointer())
-            v0 = [builder.load(builder.gep(base, [_ir.Constant(i64, k)]), align=4) for k in range(_NV)]
-            wv = builder.trunc(args[1], i32)
-            wv = builder.insert_element(_ir.Constant(_V16, _ir.Undefined), wv, _ir.Constant(i32, 0))
-            wv = builder.shuffle_vector(wv, _ir.Constant(_V16, _ir.Undefined), _ir.Constant(_V16, [0] * 16))
-            zero = _ir.Constant(_V16, [0] * 16)
-            s31 = _ir.Constant(_V16, [31] * 16)
-            masks = [_ir.Constant(_V16, [i ^ s for i in range(16)]) for s in steps]
-            red_fn = _cgutils.get_or_insert_function(builder.module, _ir.FunctionType(i32, [_V16]),
-                                                     "llvm.vector.reduce.or.v16i32")
-            entry = builder.block
-            fn = builder.function
-            loop = fn.append_basic_block("gshifter.loop")
-            body = fn.append_basic_block("gshifter.body")
-            done = fn.append_basic_block("gshifter.done")
-            builder.branch(loop)
-            builder.position_at_end(loop)
-            vs = [builder.phi(_V16) for _ in range(_NV)]
-            cs = [builder.phi(_V16) for _ in range(_NV)]
-            for k in range(_NV):
-                vs[k].add_incoming(v0[k], entry)
-                cs[k].add_incoming(zero, entry)
-            lows, ors = [], []
-            anyv = zero
-            for k in range(_NV):
-                low = builder.and_(vs[k], builder.sub(zero, vs[k]))
-                x = low
-                for m in masks:
-                    x = builder.or_(x, builder.shuffle_vector(x, x, m))
-                lows.append(low)
-                ors.append(x)
-                anyv = builder.or_(anyv, x)
-            red = builder.call(red_fn, [anyv])
-            builder.cbranch(builder.icmp_unsigned("==", red, _ir.Constant(i32, 0)), done, body)
-            builder.position_at_end(body)
-            for k in range(_NV):
-                x = ors[k]
-                hi = builder.shl(builder.and_(x, builder.sub(zero, x)), wv)
-                keep = builder.ashr(builder.sub(lows[k], hi), s31)
-                vs[k].add_incoming(builder.xor(vs[k], builder.and_(lows[k], keep)), body)
-                live = builder.sext(builder.icmp_unsigned("!=", x, zero), _V16)
-                cs[k].add_incoming(builder.sub(cs[k], live), body)
-            builder.branch(loop)
-            builder.position_at_end(done)
-            for k in range(_NV):
-                builder.store(cs[k], builder.gep(obase, [_ir.Constant(i64, k)]), align=4)
-            return context.get_dummy_value()
-        return types.void(buf, window_shift, out), codegen
-    gen.__name__ = f"_shifter_g{g}"
-    return intrinsic(gen)
-
-
-_shifter_g1, _shifter_g2, _shifter_g4, _shifter_g8 = (_group_shifter(g) for g in (1, 2, 4, 8))
-
-
-@intrinsic
-def _shifter_g16(typingctx, buf, window_shift, out):
-    """``_group_shifter(16)`` with a scalar OR-reduction per set (cheaper than a 16-lane butterfly): set k is
-    buf[16k:16k+16], one <16 x i32> vector; its cycles go to out[16k]."""
-    if not (_u32_vector_array(buf) and _u32_vector_array(out)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        i32 = _ir.IntType(32)
-        i64 = _ir.IntType(64)
-        arr = context.make_array(sig.args[0])(context, builder, args[0])
-        base = builder.bitcast(arr.data, _V16.as_pointer())
-        v0 = [builder.load(builder.gep(base, [_ir.Constant(i64, k)]), align=4) for k in range(_NV)]
-        w = builder.trunc(args[1], i32)
-        zero = _ir.Constant(_V16, [0] * 16)
-        s31 = _ir.Constant(_V16, [31] * 16)
-        z32 = _ir.Constant(i32, 0)
-        red_fn = _cgutils.get_or_insert_function(builder.module, _ir.FunctionType(i32, [_V16]),
-                                                 "llvm.vector.reduce.or.v16i32")
-        entry = builder.block
-        fn = builder.function
-        loop = fn.append_basic_block("shifter16xk.loop")
-        body = fn.append_basic_block("shifter16xk.body")
-        done = fn.append_basic_block("shifter16xk.done")
-        builder.branch(loop)
-        builder.position_at_end(loop)
-        vs = [builder.phi(_V16) for _ in range(_NV)]
-        cs = [builder.phi(i64) for _ in range(_NV)]
-        for k in range(_NV):
-            vs[k].add_incoming(v0[k], entry)
-            cs[k].add_incoming(_ir.Constant(i64, 0), entry)
-        lows, reds = [], []
-        anyr = z32
-        for k in range(_NV):
-            low = builder.and_(vs[k], builder.sub(zero, vs[k]))
-            red = builder.call(red_fn, [low])
-            lows.append(low)
-            reds.append(red)
-            anyr = builder.or_(anyr, red)
-        builder.cbranch(builder.icmp_unsigned("==", anyr, z32), done, body)
-        builder.position_at_end(body)
-        for k in range(_NV):
-            red = reds[k]
-            hi = builder.shl(builder.and_(red, builder.sub(z32, red)), w)
-            hiv = builder.insert_element(_ir.Constant(_V16, _ir.Undefined), hi, z32)
-            hiv = builder.shuffle_vector(hiv, _ir.Constant(_V16, _ir.Undefined), _ir.Constant(_V16, [0] * 16))
-            keep = builder.ashr(builder.sub(lows[k], hiv), s31)
-            vs[k].add_incoming(builder.xor(vs[k], builder.and_(lows[k], keep)), body)
-            cs[k].add_incoming(builder.add(cs[k], builder.zext(builder.icmp_unsigned("!=", red, z32), i64)), body)
-        builder.branch(loop)
-        builder.position_at_end(done)
-        o = context.make_array(sig.args[2])(context, builder, args[2])
-        for k in range(_NV):
-            builder.store(builder.trunc(cs[k], i32), builder.gep(o.data, [_ir.Constant(i64, 16 * k)]))
-        return context.get_dummy_value()
-    return types.void(buf, window_shift, out), codegen
-
-
 @nb.njit(inline="always")
-def _shifter_groups(buf, g, window_shift, out):
-    """``_group_shifter(g)`` for g in 1, 2, 4, 8; ``_shifter_g16`` for 16."""
-    if g == 16:
-        _shifter_g16(buf, window_shift, out)
-    elif g == 8:
-        _shifter_g8(buf, window_shift, out)
-    elif g == 4:
-        _shifter_g4(buf, window_shift, out)
-    elif g == 2:
-        _shifter_g2(buf, window_shift, out)
-    else:
-        _shifter_g1(buf, window_shift, out)
+def _set_cycles(M, base, loc, n, buf, window_shift):
+    """``_shifter`` on the activation set M[base + loc[:n]], its non-zero masks packed first."""
+    m = 0
+    for q in range(n):
+        x = U64(M[base + loc[q]])
+        buf[m] = x
+        m += x != 0
+    return _packed_cycles(buf, m, window_shift)
 
 
 @nb.njit(cache=True, nogil=True)
-def _pragmatic_kernel(masks, window_shift, vec, out):
+def _pragmatic_kernel(masks, window_shift, out):
     n, L = masks.shape
-    buf = np.empty(L, np.uint64)
-    if vec:  # sets of g >= L lanes, _NLANE // g per vector call (L <= 16, narrow masks)
-        g = 1
-        while g < L:
-            g *= 2
-        per = _NLANE // g
-        vb = np.zeros(_NLANE, np.uint32)
-        cyc = np.zeros(_NLANE, np.uint32)
-        for i0 in range(0, n, per):
-            kk = min(per, n - i0)
-            for k in range(per):
-                for q in range(g):
-                    vb[g * k + q] = U32(masks[i0 + k, q]) if (k < kk and q < L) else U32(0)
-            _shifter_groups(vb, g, window_shift, cyc)
-            for k in range(kk):
-                c = cyc[g * k]
-                out[i0 + k] = c if c > 0 else 1
-        return
+    buf = np.empty(max(L, 4), np.uint64)
     for i in range(n):
+        m = 0
         for k in range(L):
-            buf[k] = U64(masks[i, k])
-        c = _shifter(buf, L, window_shift)
+            x = U64(masks[i, k])
+            buf[m] = x
+            m += x != 0
+        c = _packed_cycles(buf, m, window_shift)
         out[i] = c if c > 0 else 1
-
-
-def _vector_ok(top: int, lanes: int, window_shift: int) -> bool:
-    """Whether _group_shifter applies: at most 16 lanes, masks and 2^(highest term + window) below 2^31."""
-    return lanes <= 16 and int(top).bit_length() + int(window_shift) <= 31
 
 
 def pragmatic_cycles(masks: np.ndarray, bits_first_stage: int) -> np.ndarray:
@@ -376,9 +200,7 @@ def pragmatic_cycles(masks: np.ndarray, bits_first_stage: int) -> np.ndarray:
     inside [o, o + 2^b - 1]; an all-zero set costs 1. (Worked example: {5, 12, 1}: b=2 -> 2, b=0 -> 3.)"""
     m = np.ascontiguousarray(masks, dtype=np.int64).reshape(-1, masks.shape[-1])
     out = np.empty(m.shape[0], np.int64)
-    ws = 1 << int(bits_first_stage)
-    vec = m.size > 0 and m.min() >= 0 and _vector_ok(m.max(), m.shape[1], ws)
-    _pragmatic_kernel(m.view(np.uint64), ws, vec, out)
+    _pragmatic_kernel(m.view(np.uint64), 1 << int(bits_first_stage), out)
     return out.reshape(masks.shape[:-1])
 
 
@@ -665,8 +487,8 @@ def _patterns_kernel(src_t, src_l, real, rows_real, step_off, boff, L, has_ident
 def _dedupe_rows(rows, order, row_cls, pid):
     """Distinct rows of ``rows`` within each class ``row_cls``, visiting the rows in ``order`` (open-addressing
     hash of (class, row)). Writes pid[i] (the distinct entry of row i, numbered in order of first visit) and
-    returns each entry's flat offsets packed left (locs, -1 entries dropped, zero-padded, with _NLANE zero
-    rows past the last entry), their number (nlocs) and lane masks (lmask: all ones where locs is live)."""
+    returns each entry's flat offsets packed left (locs, -1 entries dropped, zero-padded) and their number
+    (nlocs)."""
     P, Lw = rows.shape
     size = 2
     while size < 2 * P:
@@ -700,52 +522,32 @@ def _dedupe_rows(rows, order, row_cls, pid):
                 pid[i] = e
                 break
             k = (k + 1) & (size - 1)
-    locs = np.zeros((nu + _NLANE, Lw), np.int64)
-    lmask = np.zeros((nu + _NLANE, Lw), np.uint32)
-    nlocs = np.zeros(nu + _NLANE, np.int64)
+    locs = np.zeros((nu, Lw), np.int64)
+    nlocs = np.zeros(nu, np.int64)
     for e in range(nu):
         n = 0
         for l in range(Lw):
             o = rows[first[e], l]
             if o >= 0:
                 locs[e, n] = o
-                lmask[e, n] = U32(0xFFFFFFFF)
                 n += 1
         nlocs[e] = n
-    return locs, nlocs, lmask
+    return locs, nlocs
 
 
 @nb.njit(cache=True, nogil=True)
-def _pattern_table(M, locs, nlocs, lmask, u0, u1, img, w0, w1, pixw, HWp, Cp, backend, window_shift, vec, tab,
-                   tlo):
+def _pattern_table(M, locs, nlocs, u0, u1, img, w0, w1, pixw, HWp, Cp, backend, window_shift, tab, tlo):
     """Cost of the distinct fetch patterns u in [u0, u1) (flat offsets locs[u, :nlocs[u]]) in windows
     [w0, w1) of image ``img``: tab[u - u0, w - w0] = Pragmatic cycles of the fetched term masks (at least 1;
-    backend 0; ``vec``: ``_group_shifter`` on many patterns at once), or the highest bit + sign (tab) and lowest
+    backend 0), or the highest bit + sign (tab) and lowest
     bit (tlo; 64: none) of the fetched values (backend 1). Window-major: the patterns of one window read
     neighbouring activations."""
     buf = np.empty(max(locs.shape[1], 4), np.uint64)
-    vb = np.zeros(_NLANE, np.uint32)
-    cyc = np.zeros(_NLANE, np.uint32)
-    g = 1  # lanes per set: enough for the longest pattern
-    for u in range(u0, u1):
-        while g < nlocs[u]:
-            g *= 2
-    per = _NLANE // g
     sign_bit = U64(1) << U64(62)
     mag_mask = ~sign_bit
     for w in range(w0, w1):
         base = (img * HWp + pixw[w]) * Cp
         r = w - w0
-        if backend == 0 and vec:
-            for ub in range(u0, u1, per):  # locs/lmask have _NLANE zero rows past the last entry
-                for k in range(per):
-                    for q in range(g):  # fixed trip count: lanes past a pattern's length read M[base] masked off
-                        vb[g * k + q] = U32(M[base + locs[ub + k, q]]) & lmask[ub + k, q]
-                _shifter_groups(vb, g, window_shift, cyc)
-                for k in range(min(per, u1 - ub)):
-                    c = cyc[g * k]
-                    tab[ub + k - u0, r] = c if c > 0 else 1
-            continue
         for u in range(u0, u1):
             n = nlocs[u]
             if backend == 0:
@@ -769,9 +571,9 @@ def _pattern_table(M, locs, nlocs, lmask, u0, u1, img, w0, w1, pixw, HWp, Cp, ba
 
 
 @nb.njit(cache=True, nogil=True)
-def _tactical_kernel(M, gcost, ghi, glo, locs, nlocs, lmask, ustart, pid, pat_start, pat_n, goff, execd, has_ident,
+def _tactical_kernel(M, gcost, ghi, glo, locs, nlocs, ustart, pid, pat_start, pat_n, goff, execd, has_ident,
                      cls_fs, cls_fs_start, cimg0, cimg1, Hp, Wp, Cp, cb, sh, sw, oh, ow, C, backend, window_shift,
-                     vec, gsize, minor, registers, max_entries, out_cycles, out_busy):
+                     gsize, minor, registers, max_entries, out_cycles, out_busy):
     """Cycles and busy column-cycles of every filter set. Rows of a filter set whose schedule at step t is
     the identity share the brick's cost (``gcost``/``ghi``/``glo`` at ``goff``); every other row at (f, t) is
     one of the pat_n[f, t] distinct fetch patterns at pat_start[f, t], ``pid`` naming its entry among the
@@ -811,8 +613,8 @@ def _tactical_kernel(M, gcost, ghi, glo, locs, nlocs, lmask, ustart, pid, pat_st
         for img in range(cimg0[k], cimg1[k]):
             for s0 in range(0, nsets, chunk):
                 s1 = min(nsets, s0 + chunk)
-                _pattern_table(M, locs, nlocs, lmask, u0, u1, img, s0 * C, min(nwin, s1 * C), pixw, HWp, Cp,
-                               backend, window_shift, vec, tab, tlo)
+                _pattern_table(M, locs, nlocs, u0, u1, img, s0 * C, min(nwin, s1 * C), pixw, HWp, Cp,
+                               backend, window_shift, tab, tlo)
                 for fi in range(cls_fs_start[k], cls_fs_start[k + 1]):
                     f = cls_fs[fi]
                     end = end2[f]
@@ -909,15 +711,14 @@ def tactical_cycles(M, gcost, ghi, glo, pat_off, pat_start, pat_n, goff, execd, 
     row_cls = np.repeat(fcls, pat_n.sum(axis=1))
     perm = np.argsort(row_cls, kind="stable")  # rows class by class: entries of one class are contiguous
     pid = np.empty(P, np.int64)
-    locs, nlocs, lmask = _dedupe_rows(pat_off, perm, row_cls, pid)
+    locs, nlocs = _dedupe_rows(pat_off, perm, row_cls, pid)
     ustart = np.zeros(ckeys.size + 1, np.int64)
     np.maximum.at(ustart, row_cls + 1, pid + 1)  # entries of class k end at the largest entry it visits
     ustart = np.maximum.accumulate(ustart)
-    vec = backend == 0 and M.size > 0 and _vector_ok(M.max(), pat_off.shape[1], window_shift)
     out_c = np.zeros(F, np.int64)
     out_b = np.zeros(F, np.int64)
-    _tactical_kernel(M, gcost, ghi, glo, locs, nlocs, lmask, ustart, pid, pat_start, pat_n, goff, execd, has_ident,
+    _tactical_kernel(M, gcost, ghi, glo, locs, nlocs, ustart, pid, pat_start, pat_n, goff, execd, has_ident,
                      cls_fs, cls_fs_start, cimg0, cimg1, Hp, Wp, Cp, cb, sh, sw, oh, ow, C, backend, window_shift,
-                     vec, gsize, minor, registers, int(max_entries), out_c, out_b)
+                     gsize, minor, registers, int(max_entries), out_c, out_b)
     return out_c, out_b
 
