@@ -43,17 +43,18 @@ def sample_photos(n: int) -> list[Image.Image]:
 
 
 def imagenet_tensor(
-    images: list[Image.Image], resize: int, crop: int, mean: tuple[float, ...], std: tuple[float, ...]
+    images: list[Image.Image], resize: int, crop: int, mean: tuple[float, ...], std: tuple[float, ...],
+    resample: int = Image.BILINEAR,
 ) -> torch.Tensor:
-    """The usual ImageNet evaluation transform (shorter side to `resize`, centre crop `crop`),
-    then (x - mean) / std on 0..255 RGB; returns [n, 3, crop, crop] float32."""
+    """The usual ImageNet evaluation transform (shorter side to `resize` with `resample`, centre crop
+    `crop`), then (x - mean) / std on 0..255 RGB; returns [n, 3, crop, crop] float32."""
     out = np.empty((len(images), crop, crop, 3), dtype=np.float32)
     for i, image in enumerate(images):
         image = image.convert("RGB")
         w, h = image.size
         scale = resize / min(w, h)
         w, h = max(crop, round(w * scale)), max(crop, round(h * scale))
-        image = image.resize((w, h), Image.BILINEAR)
+        image = image.resize((w, h), resample)
         left, top = (w - crop) // 2, (h - crop) // 2
         out[i] = np.asarray(image.crop((left, top, left + crop, top + crop)), dtype=np.float32)
     out = (out - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
