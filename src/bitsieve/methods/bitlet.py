@@ -398,17 +398,19 @@ def _gemm_columns(A, kmap, we, wb, gstart, glen, runs, strict, out, pblock):
 
 
 @nb.njit(cache=True, nogil=True)
-def _single_pair_depthwise(X, Xf, we, wm, wp, kw, sh, sw, dh, dw, prune, strict, bias, out):
+def _single_pair_depthwise(X, Xf, we, wm, wp, kw, sh, sw, dh, dw, ph, pw, prune, strict, bias, out):
     """Depthwise conv with one pair per group (``grouping=tap``): the PE result is the product of the
     pruned weight and the activation (subnormal activations read with a hidden 1 unless strict),
     truncated to binary32; taps are added in fp32. wp float64 [C, T] pruned weights, we/wm their
     exponent and significand (for the rare non-normal results, which go through the integer packer).
 
-    Each padded input plane is decoded once into sh x sw phase planes (row y % sh, column x % sw), so
-    every tap reads one contiguous run: the output is computed on a 'wide' plane of Ho rows of Wq
+    Each input plane is decoded once into sh x sw phase planes of the plane padded by (ph, pw) zeros
+    (padded row y in phase y % sh, column x in x % sw; the padding is never written, so it stays zero),
+    so every tap reads one contiguous run: the output is computed on a 'wide' plane of Ho rows of Wq
     columns (the columns past Wo are discarded)."""
     N, C, Ho, Wo = out.shape
-    Hp, Wp = X.shape[2], X.shape[3]
+    H, W = X.shape[2], X.shape[3]
+    Hp, Wp = H + 2 * ph, W + 2 * pw
     T = we.shape[1]
     Hq, Wq = (Hp + sh - 1) // sh, (Wp + sw - 1) // sw
     wide = Ho * Wq
@@ -419,13 +421,15 @@ def _single_pair_depthwise(X, Xf, we, wm, wp, kw, sh, sw, dh, dw, prune, strict,
     for n in range(N):
         for c in range(C):
             lo, hi = BIG, 0.0  # the smallest non-zero and the largest magnitude of the plane
-            for y in range(Hp):  # decode: a subnormal activation gets its hidden 1
+            for y in range(H):  # decode: a subnormal activation gets its hidden 1
                 row, rowf = X[n, c, y], Xf[n, c, y]
+                yp = y + ph
                 for px in range(sw):
-                    drow = dec[y % sh, px, (y // sh) * Wq:(y // sh + 1) * Wq]
-                    for j in range((Wp - px + sw - 1) // sw):
-                        u = row[j * sw + px]
-                        a = np.float64(rowf[j * sw + px])
+                    drow = dec[yp % sh, px, (yp // sh) * Wq:(yp // sh + 1) * Wq]
+                    j0 = (pw + (px - pw) % sw) // sw  # the first padded column in this phase that is real
+                    for j in range(j0, (pw + W - px + sw - 1) // sw):
+                        u = row[j * sw + px - pw]
+                        a = np.float64(rowf[j * sw + px - pw])
                         sub = ((u & np.uint32(0x7F800000)) == 0) & ((u & np.uint32(0x7FFFFF)) != 0)
                         d = a + (np.float64(sub) * hid) * np.copysign(SUB, a)
                         drow[j] = d
@@ -458,7 +462,7 @@ def _single_pair_depthwise(X, Xf, we, wm, wp, kw, sh, sw, dh, dw, prune, strict,
                         oy, x = i // Wq, i % Wq
                         ap = abs(src[i] * w)
                         if x < Wo and (((ap < SUB) & (ap != 0.0)) | (ap >= BIG)):
-                            ae, am = _act(X[n, c, oy * sh + iy, x * sw + ix], strict)
+                            ae, am = _act(X[n, c, oy * sh + iy - ph, x * sw + ix - pw], strict)  # a real pixel: p != 0
                             q = np.int64(am) * (wm[c, k] & prune)
                             rv[i] = _pack_fp(-q if w < 0 else q, we[c, k] + ae, strict)
                 for i in range(wide):
@@ -641,17 +645,18 @@ class Emulator:
         wo = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
         taps, og = kh * kw, o // groups
         bias = np.zeros(0, np.float32) if b is None else np.ascontiguousarray(b.detach().float().numpy())
-        if cg == 1 and og == 1 and groups > 1:  # depthwise: straight from the padded input
-            xp = F.pad(x, (padding[1], padding[1], padding[0], padding[0])) if any(padding) else x
+        if cg == 1 and og == 1 and groups > 1:  # depthwise: straight from the input
             gs, gl = _groups(taps, 1, self.group, self.grouping)
             out = np.empty((n, c, ho, wo), np.float32)
             geo = (kw, stride[0], stride[1], dilation[0], dilation[1])
             self.pairs += c * taps * n * ho * wo
-            if gl.max() == 1:  # one pair per group: a truncated product per tap
+            if gl.max() == 1:  # one pair per group: a truncated product per tap, the padding in the kernel
                 we, wm, wp = self._weights(w, "dw1", lambda a: _pruned_weights(a.reshape(o, taps), self.prune))
-                xw = _words(xp)
-                _single_pair_depthwise(xw, xw.view(np.float32), we, wm, wp, *geo, self.prune, self.strict, bias, out)
+                xw = _words(x)
+                _single_pair_depthwise(xw, xw.view(np.float32), we, wm, wp, *geo, *padding, self.prune, self.strict,
+                                       bias, out)
             else:
+                xp = F.pad(x, (padding[1], padding[1], padding[0], padding[0])) if any(padding) else x
                 we, wf = self._weights(w, "dw", lambda a: split_weights(a.reshape(o, taps)))
                 _bitlet_depthwise(_words(xp), we, wf, *geo, gs, gl, self.runs, self.strict, bias, out)
             return torch.from_numpy(out)
