@@ -62,6 +62,14 @@ def test_compare_agrees_with_simulate_and_eval(small):
     want = {r["method"]: r["value"] for r in one["rows"]
             if r["layer"] == "*" and r["accel"] == "bitx" and r["metric"] == "speedup"}
     assert sp[(MODEL, "", "bitx", "fp32", 64)] == pytest.approx(want[""], rel=1e-12)
+    # the table's energy is per inference: Stripes simulated on a batch of 2 real inputs, halved
+    two = sim.simulate_model(MODEL, sim.Run(accels=["stripes"], fmt="int16"), activations=2)
+    energy = {r["method"]: r["value"] for r in two["rows"]
+              if r["layer"] == "*" and r["accel"] == "stripes" and r["metric"] == "energy_pj"}
+    pl = compare.plan(MODEL, methods=["bitx", "bitwave:k=3"], accels=["stripes", "bitx", "bitwave"], limit=200)
+    assert pl.activations == 2
+    table = compare.table_data(rows, pl)
+    assert table[""]["accels"]["stripes"]["energy_pj"] == pytest.approx(energy[""] / 2, rel=1e-12)
     ev = evaluate.evaluate(MODEL, ["bitwave:k=3"], limit=200)
     acc = results.pivot(rows, "accuracy")
     assert acc[(MODEL, "", "", "fp32", 64)] == pytest.approx(ev["original"])

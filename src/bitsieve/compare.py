@@ -87,6 +87,7 @@ class Plan:
     accels: dict[str, str]  # accelerator -> format
     group: int
     limit: int | None
+    activations: int = DEFAULT_ACTIVATIONS  # real inputs simulated per workload (the batch)
     units: list[Unit] = field(default_factory=list)
 
     @property
@@ -138,7 +139,7 @@ def plan(model: str = DEFAULT_MODEL, *, methods: list[str] | None = None, accels
         accuracy = False  # a weights file has no task to measure accuracy on
     if not accuracy:
         limit = 0
-    p = Plan(model, specs, chosen, group, limit)
+    p = Plan(model, specs, chosen, group, limit, activations)
     fmts = list(dict.fromkeys(chosen.values())) or [("fp32" if fmt == "auto" else formats.get(fmt).name)]
     if limit != 0 and builtin is not None:
         # emulated forward passes (Bitlet numerics) are much slower than weight rewrites: their own unit, so
@@ -338,7 +339,8 @@ class _Bars:
 
 # ---- presenting ------------------------------------------------------------------------------------------------
 def table_data(rows, p: Plan) -> dict:
-    """{method: {"accuracy", "delta", accel: {"speedup", "energy_pj", "format"}}} for the table and --json."""
+    """{method: {"accuracy", "delta", accel: {"speedup", "energy_pj", "format"}}} for the table and --json;
+    ``energy_pj`` is per inference: the simulated batch's energy over its ``p.activations`` inputs."""
     idx = {}
     for r in rows:
         if r["layer"] == results.WHOLE:
@@ -353,10 +355,14 @@ def table_data(rows, p: Plan) -> dict:
             if sp is None and m:  # a forward-pass emulation (bitlet): accuracy only
                 continue
             rec["accels"][f"{a}@{f}" if a == "dense" else a] = {
-                "accel": a, "format": f, "speedup": sp, "energy_pj": idx.get((m, a, f, "energy_pj")),
+                "accel": a, "format": f, "speedup": sp, "energy_pj": _per(idx.get((m, a, f, "energy_pj")), p.activations),
                 "cycles": idx.get((m, a, f, "cycles"))}
         out[m] = rec
     return out
+
+
+def _per(value, n: int):
+    return None if value is None else value / n
 
 
 def rich_table(data: dict, p: Plan, metric_name: str):

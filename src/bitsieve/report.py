@@ -261,7 +261,7 @@ def fig_energy(ix, s, methods):
                    edgecolor="white", lw=0.3, label=method_label(m) if k == 0 else None)
             bottom += ys
     ax.set_xticks(range(len(accs)), accs, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("energy per inference (µJ)")
+    ax.set_ylabel("energy per simulated batch (µJ)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False,
               title="method (parts, dark to light:\n" + ", ".join(p.split(".", 1)[-1] for p in parts) + ")",
