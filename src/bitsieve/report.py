@@ -478,7 +478,7 @@ def build(rows, title: str | None = None, source: str = "") -> str:
                            f"the dashed line is the whole-model figure. Model {s[0]}, format {s[1]}, group {s[2]}.",
                            f"Per-layer speed-up, {method_label(m)}")
             doc.figure(fig_energy(ix, s, sim_ms[:MAX_HEATMAPS]),
-                       "Energy per inference by part (compute, DRAM, SRAM; dark to light), one cluster per "
+                       "Energy per simulated batch by part (compute, DRAM, SRAM; dark to light), one cluster per "
                        f"accelerator, one bar per method (first {MAX_HEATMAPS} shown). "
                        + _setting_text(s, sim_ms[:MAX_HEATMAPS]), "Energy breakdown")
         profiled = [m for m in ms if m in ix.profiled[s]]
