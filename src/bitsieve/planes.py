@@ -296,11 +296,13 @@ def _untranspose(typingctx, words, start, nbits, out):
 
 
 @intrinsic
-def _popcount32(typingctx, x):
-    """One-bits of a uint32 (llvm.ctpop, which the loop vectoriser keeps as a vector popcount)."""
-    def codegen(context, builder, sig, args):
-        return builder.ctpop(args[0])
-    return types.uint32(types.uint32), codegen
+def popcount(typingctx, x):
+    """One-bits of an integer, in its own type (llvm.ctpop, which the loop vectoriser keeps as a vector
+    popcount)."""
+    if isinstance(x, types.Integer):
+        def codegen(context, builder, sig, args):
+            return builder.ctpop(args[0])
+        return x(x), codegen
 
 
 # In the two lane loops below, np.uint32 casts keep Numba's integer promotion from widening the lanes to
@@ -336,7 +338,7 @@ def _decode(raw, mag, lane, n, emax, frac, emask, fmask, align):
             # A significand has at most 31 bits (width <= 32), so a shift clamped to 31 clears it just as
             # a larger one would, and stays defined on 32-bit lanes.
             d = min(np.uint32(emax - max(e, np.uint32(1))), np.uint32(31))
-            lost += _popcount32(np.uint32(m & np.uint32(np.uint32(np.uint32(1) << d) - np.uint32(1))))
+            lost += popcount(np.uint32(m & np.uint32(np.uint32(np.uint32(1) << d) - np.uint32(1))))
             m = np.uint32(m >> d)
         mag[lane + g] = m
     return lost

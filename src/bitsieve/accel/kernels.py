@@ -20,19 +20,11 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
-from numba.core import types
-from numba.core.extending import intrinsic
 from numba.cpython.unsafe.numbers import leading_zeros, trailing_zeros
 
+from ..planes import popcount
+
 U64 = np.uint64
-
-
-@intrinsic
-def _popcount(typingctx, x):
-    """One-bits of a uint64 (llvm.ctpop)."""
-    def codegen(context, builder, sig, args):
-        return builder.ctpop(args[0])
-    return types.uint64(types.uint64), codegen
 
 
 @nb.njit(inline="always")
@@ -161,7 +153,7 @@ def _packed_cycles(buf, m, window_shift):
     retires anything, and the count depends only on the non-zero masks): a lone value retires one term per
     cycle (its popcount), up to four run in registers."""
     if m <= 1:
-        return np.int64(_popcount(buf[0])) if m == 1 else np.int64(0)
+        return np.int64(popcount(U64(buf[0]))) if m == 1 else np.int64(0)
     if m <= 4:
         for q in range(m, 4):
             buf[q] = 0
