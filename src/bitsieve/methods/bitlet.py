@@ -110,23 +110,6 @@ def use_columns(o: int, glen: np.ndarray) -> bool:
 
 # ---- the kernels ----------------------------------------------------------------------------------------
 @nb.njit(cache=True)
-def _act(u, strict):
-    """The PE's activation unpack of one binary32 word: (Ae, signed significand as float64)."""
-    e = np.int64((u >> np.uint32(23)) & np.uint32(0xFF))
-    f = np.int64(u & np.uint32(0x7FFFFF))
-    if e == 0:
-        if f == 0:
-            return 0, 0.0
-        e = 1
-        if not strict:
-            f |= 0x800000
-    else:
-        f |= 0x800000
-    m = np.float64(f)
-    return e, (-m if u >> np.uint32(31) else m)
-
-
-@nb.njit(cache=True)
 def _pack_vec(a0, a1, em, strict, vd, rv):
     """Pack exact sums a0 + a1 (two float64 halves, each < 2^53) with E.max ``em`` into binary32 words
     ``rv`` (uint32), truncating as Bitlet_PackFloat: a vectorised fast path for normal results (the bits
@@ -397,6 +380,20 @@ def _gemm_columns(A, kmap, we, wb, gstart, glen, runs, strict, out, pblock):
                     orow[x] = orow[x] + rfb[x]
 
 
+@nb.njit(cache=True, inline="always")
+def _f32_word(bits):
+    """The binary32 word of a float64 (given as its bits) truncated towards zero; valid when its value is
+    normal in binary32 (exponent 1..254)."""
+    return np.uint32(((bits >> 32) & np.int64(0x80000000)) | (((bits >> 29) - np.int64(896 << 23)) & np.int64(0x7FFFFFFF)))
+
+
+@nb.njit(cache=True, inline="always")
+def _non_normal(p):
+    """Whether a non-zero product falls outside binary32's normal range (the PE's packer decides it)."""
+    ap = abs(p)
+    return ((ap < SUB) & (ap != 0.0)) | (ap >= BIG)
+
+
 @nb.njit(cache=True, nogil=True)
 def _single_pair_depthwise(X, Xf, we, wm, wp, kw, sh, sw, dh, dw, ph, pw, prune, strict, bias, out):
     """Depthwise conv with one pair per group (``grouping=tap``): the PE result is the product of the
@@ -417,7 +414,7 @@ def _single_pair_depthwise(X, Xf, we, wm, wp, kw, sh, sw, dh, dw, ph, pw, prune,
     dec = np.zeros((sh, sw, Hq * Wq + Wq + kw * dw), np.float64)
     rv = np.empty(wide, np.uint32)
     acc = np.empty(wide, np.float32)
-    hid = 0.0 if strict else 1.0
+    hid = 0 if strict else 1
     for n in range(N):
         for c in range(C):
             lo, hi = BIG, 0.0  # the smallest non-zero and the largest magnitude of the plane
@@ -445,24 +442,18 @@ def _single_pair_depthwise(X, Xf, we, wm, wp, kw, sh, sw, dh, dw, ph, pw, prune,
                 if lo * abs(w) >= SUB and hi * abs(w) < BIG:  # every product is zero or normal: one pass
                     for i in range(wide):
                         p = src[i] * w
-                        bits = _as_i64(p)
-                        word = ((bits >> 32) & np.int64(0x80000000)) | (((bits >> 29) - np.int64(896 << 23)) & np.int64(0x7FFFFFFF))
-                        acc[i] = acc[i] + (_as_f32(np.uint32(word)) if p != 0.0 else np.float32(0.0))
+                        acc[i] = acc[i] + (_as_f32(_f32_word(_as_i64(p))) if p != 0.0 else np.float32(0.0))
                     continue
                 slow = 0
                 for i in range(wide):  # the exact product, truncated to binary32 through its float64 bits
                     p = src[i] * w
-                    bits = _as_i64(p)
-                    word = ((bits >> 32) & np.int64(0x80000000)) | (((bits >> 29) - np.int64(896 << 23)) & np.int64(0x7FFFFFFF))
-                    ap = abs(p)
-                    rv[i] = np.uint32(word) if ap >= SUB else np.uint32(0)  # a zero product gives +0, as the PE
-                    slow += ((ap < SUB) & (ap != 0.0)) | (ap >= BIG)
+                    rv[i] = _f32_word(_as_i64(p)) if abs(p) >= SUB else np.uint32(0)  # a zero product gives +0
+                    slow += _non_normal(p)
                 if slow:  # tiny or huge products: the PE's integer packer
                     for i in range(wide):
                         oy, x = i // Wq, i % Wq
-                        ap = abs(src[i] * w)
-                        if x < Wo and (((ap < SUB) & (ap != 0.0)) | (ap >= BIG)):
-                            ae, am = _act(X[n, c, oy * sh + iy - ph, x * sw + ix - pw], strict)  # a real pixel: p != 0
+                        if x < Wo and _non_normal(src[i] * w):
+                            ae, _, am = _decode(X[n, c, oy * sh + iy - ph, x * sw + ix - pw], hid, 0)  # a real pixel: p != 0
                             q = np.int64(am) * (wm[c, k] & prune)
                             rv[i] = _pack_fp(-q if w < 0 else q, we[c, k] + ae, strict)
                 for i in range(wide):
@@ -492,6 +483,7 @@ def _bitlet_depthwise(X, we, wf, kw, sh, sw, dh, dw, gstart, glen, runs, strict,
     rf = rv.view(np.float32)
     am = np.empty(Wo, np.float64)
     aq = np.empty(Wo, np.float64)
+    hid = 0 if strict else 1
     for n in range(N):
         for c in range(C):
             for oy in range(Ho):
@@ -510,7 +502,7 @@ def _bitlet_depthwise(X, we, wf, kw, sh, sw, dh, dw, gstart, glen, runs, strict,
                         row = X[n, c, oy * sh + ty * dh]
                         wk = we[c, k]
                         for x in range(Wo):
-                            e, m = _act(row[tx * dw + x * sw], strict)
+                            e, _, m = _decode(row[tx * dw + x * sw], hid, 0)
                             em[x] = max(em[x], wk + e)
                     for x in range(Wo):
                         rs[x] = RSCALE[em[x]]
@@ -518,7 +510,7 @@ def _bitlet_depthwise(X, we, wf, kw, sh, sw, dh, dw, gstart, glen, runs, strict,
                         ty, tx = k // kw, k % kw
                         row = X[n, c, oy * sh + ty * dh]
                         for x in range(Wo):
-                            e, m = _act(row[tx * dw + x * sw], strict)
+                            e, _, m = _decode(row[tx * dw + x * sw], hid, 0)
                             am[x] = m
                             aq[x] = POW2A[e]
                         acc = a1 if (k - k0) & 1 else a0
@@ -541,6 +533,26 @@ def _bitlet_depthwise(X, we, wf, kw, sh, sw, dh, dw, gstart, glen, runs, strict,
                     for x in range(Wo):
                         orow[x] = orow[x] + bias[c]
 
+
+def kernel_words(w: np.ndarray, columns: bool):
+    """``weight_words`` of a weight matrix [O, K] in the layout its kernel reads ([K, O] for outputs)."""
+    words = weight_words(w)
+    return words if columns else tuple(np.ascontiguousarray(t.T) for t in words)
+
+
+def _matmul(A, kmap, words, gs, gl, runs, strict, columns: bool) -> np.ndarray:
+    """W @ A with one of the two kernels: A uint32 [R, P] activation words (row kmap[k] holds dot-product
+    index k), ``words`` from ``kernel_words``; returns float32 [O, P]."""
+    we, wb = words
+    if columns:
+        out = np.empty((we.shape[0], A.shape[1]), np.float32)
+        _gemm_columns(np.ascontiguousarray(A), kmap, we, wb, gs, gl, runs, strict, out, PBLOCK)
+        return out
+    out = np.empty((A.shape[1], we.shape[1]), np.float32)
+    _gemm_outputs(A, kmap, we, wb, gs, gl, runs, strict, out, min(OBLOCK, max(we.shape[1], 1)))
+    return out.T
+
+
 def bitlet_matmul(x: np.ndarray, w: np.ndarray, gstart: np.ndarray, glen: np.ndarray, *,
                   prune: int = ALL_CHANNELS, strict_ieee: bool = False, bias: np.ndarray | None = None,
                   kernel: str = "auto") -> np.ndarray:
@@ -551,17 +563,11 @@ def bitlet_matmul(x: np.ndarray, w: np.ndarray, gstart: np.ndarray, glen: np.nda
     if kernel not in ("auto", "outputs", "columns"):
         raise UserError(f"bitlet_matmul: kernel must be auto, outputs or columns, got {kernel!r}")
     x = np.ascontiguousarray(x, dtype=np.float32)
-    we, wb = weight_words(np.ascontiguousarray(w, dtype=np.float32))
-    gs, gl = np.asarray(gstart, np.int64), np.asarray(glen, np.int64)
-    args = (np.arange(x.shape[1]), we, wb, gs, gl, prune_runs(int(prune)), bool(strict_ieee))
-    if kernel == "columns" or (kernel == "auto" and use_columns(w.shape[0], gl)):
-        out = np.empty((w.shape[0], x.shape[0]), np.float32)
-        _gemm_columns(np.ascontiguousarray(x.view(np.uint32).T), *args, out, PBLOCK)
-        out = out.T
-    else:
-        out = np.empty((x.shape[0], w.shape[0]), np.float32)
-        _gemm_outputs(x.view(np.uint32).T, args[0], np.ascontiguousarray(we.T), np.ascontiguousarray(wb.T),
-                      *args[3:], out, int(min(OBLOCK, max(w.shape[0], 1))))
+    gl = np.asarray(glen, np.int64)
+    columns = kernel == "columns" or (kernel == "auto" and use_columns(w.shape[0], gl))
+    words = kernel_words(np.ascontiguousarray(w, dtype=np.float32), columns)
+    out = _matmul(x.view(np.uint32).T, np.arange(x.shape[1]), words, np.asarray(gstart, np.int64), gl,
+                  prune_runs(int(prune)), bool(strict_ieee), columns).T
     return out if bias is None else out + np.asarray(bias, np.float32)
 
 
@@ -613,17 +619,10 @@ class Emulator:
     def _matmul(self, A, kmap, w, key, matrix, gs, gl, o) -> np.ndarray:
         """W @ A through the Bitlet numerics: A uint32 [R, P] activation words (row kmap[k] holds
         dot-product index k), W = matrix(weights of w) float32 [o, K]; returns float32 [o, P]."""
-        p = A.shape[1]
-        self.pairs += p * len(kmap) * o
-        if use_columns(o, gl):
-            we, wb = self._weights(w, key + "/cols", lambda a: weight_words(matrix(a)))
-            out = np.empty((o, p), np.float32)
-            _gemm_columns(np.ascontiguousarray(A), kmap, we, wb, gs, gl, self.runs, self.strict, out, PBLOCK)
-            return out
-        weT, wbT = self._weights(w, key + "/outs", lambda a: tuple(np.ascontiguousarray(t.T) for t in weight_words(matrix(a))))
-        out = np.empty((p, o), np.float32)
-        _gemm_outputs(A, kmap, weT, wbT, gs, gl, self.runs, self.strict, out, min(OBLOCK, o))
-        return out.T
+        self.pairs += A.shape[1] * len(kmap) * o
+        columns = use_columns(o, gl)
+        words = self._weights(w, f"{key}/{columns}", lambda a: kernel_words(matrix(a), columns))
+        return _matmul(A, kmap, words, gs, gl, self.runs, self.strict, columns)
 
     def conv2d(self, x, w, b=None, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
         """Emulated F.conv2d: channel-last taps, decision 1 groups (im2col only where taps > 1); the
@@ -755,4 +754,3 @@ METHOD = Method(
     params=PARAMS,
     kind="forward",
 )
-
