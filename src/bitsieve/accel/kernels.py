@@ -175,14 +175,11 @@ def _set_cycles(M, base, loc, n, buf, window_shift):
 @nb.njit(cache=True, nogil=True)
 def _pragmatic_kernel(masks, window_shift, out):
     n, L = masks.shape
+    flat = masks.reshape(-1)
+    lanes = np.arange(L)
     buf = np.empty(max(L, 4), np.uint64)
     for i in range(n):
-        m = 0
-        for k in range(L):
-            x = U64(masks[i, k])
-            buf[m] = x
-            m += x != 0
-        c = _packed_cycles(buf, m, window_shift)
+        c = _set_cycles(flat, i * L, lanes, L, buf, window_shift)
         out[i] = c if c > 0 else 1
 
 
