@@ -470,8 +470,6 @@ def _patterns_kernel(src_t, src_l, real, rows_real, step_off, boff, L, has_ident
     return k
 
 
-
-
 @nb.njit(cache=True, nogil=True)
 def _dedupe_rows(rows, order, row_cls, pid):
     """Distinct rows of ``rows`` within each class ``row_cls``, visiting the rows in ``order`` (open-addressing
@@ -562,8 +560,8 @@ def _pattern_table(M, locs, nlocs, u0, u1, img, w0, w1, pixw, HWp, Cp, backend, 
 @nb.njit(cache=True, nogil=True)
 def _tactical_kernel(M, gcost, ghi, glo, locs, nlocs, ustart, pid, pat_start, pat_n, goff, execd, has_ident,
                      cls_fs, cls_fs_start, cimg0, cimg1, Hp, Wp, Cp, cb, sh, sw, oh, ow, C, backend, window_shift,
-                     gsize, minor, registers, max_entries, out_cycles, out_busy):
-    """Cycles and busy column-cycles of every filter set. Rows of a filter set whose schedule at step t is
+                     gsize, minor, registers, max_entries, out_cycles):
+    """Cycles of every filter set. Rows of a filter set whose schedule at step t is
     the identity share the brick's cost (``gcost``/``ghi``/``glo`` at ``goff``); every other row at (f, t) is
     one of the pat_n[f, t] distinct fetch patterns at pat_start[f, t], ``pid`` naming its entry among the
     distinct patterns of its class of filter sets (those reading the same images, ``cls_fs`` from
@@ -585,7 +583,6 @@ def _tactical_kernel(M, gcost, ghi, glo, locs, nlocs, ustart, pid, pat_start, pa
     act = np.zeros(C, np.bool_)
     end2 = np.zeros((F, ncol), np.int64)
     prev2 = np.zeros((F, max(registers, 1)), np.int64)
-    busy2 = np.zeros(F, np.int64)
     pixw = np.zeros(max(nwin, 1), np.int64)
     for w in range(nwin):
         oy = w // ow
@@ -608,7 +605,6 @@ def _tactical_kernel(M, gcost, ghi, glo, locs, nlocs, ustart, pid, pat_start, pa
                     f = cls_fs[fi]
                     end = end2[f]
                     prev = prev2[f]
-                    busy = busy2[f]
                     for st in range(s0, s1):
                         wb = (st - s0) * C
                         for c in range(C):
@@ -632,9 +628,7 @@ def _tactical_kernel(M, gcost, ghi, glo, locs, nlocs, ustart, pid, pat_start, pa
                                         colc[c] = max(colc[c], np.int64(tab[e, wb + c]))
                                 for c in range(C):
                                     if act[c]:
-                                        v = max(colc[c], 1)
-                                        end[c] += v
-                                        busy += v
+                                        end[c] += max(colc[c], 1)
                             else:
                                 for g in range(ngroups):
                                     gmax[g] = 0
@@ -659,7 +653,6 @@ def _tactical_kernel(M, gcost, ghi, glo, locs, nlocs, ustart, pid, pat_start, pa
                                     else:
                                         cy = gmax[g] + 1
                                     end[g] += cy
-                                    busy += cy
                             if registers > 0:
                                 _release_columns(end, prev, ncol, registers)
                             else:
@@ -668,19 +661,17 @@ def _tactical_kernel(M, gcost, ghi, glo, locs, nlocs, ustart, pid, pat_start, pa
                                     mx = max(mx, end[c])
                                 for c in range(ncol):
                                     end[c] = mx
-                    busy2[f] = busy
     for f in range(F):
         mx = np.int64(0)
         for c in range(ncol):
             mx = max(mx, end2[f, c])
         out_cycles[f] = mx
-        out_busy[f] = busy2[f]
 
 
 def tactical_cycles(M, gcost, ghi, glo, pat_off, pat_start, pat_n, goff, execd, has_ident, img0, img1, Hp, Wp, Cp,
                     cb, sh, sw, oh, ow, C, backend, window_shift, gsize, minor, registers,
                     max_entries: int = 1 << 18):
-    """Cycles and busy column-cycles [F] of every filter set on the TCL-E (backend 0: Pragmatic on term masks
+    """Cycles [F] of every filter set on the TCL-E (backend 0: Pragmatic on term masks
     ``M``) or TCL-P (backend 1: dynamic precision on ``M`` = magnitude | sign << 62) back-end.
     ``M``: the activation bricks (image, y, x, brick) of Cp = cb x lanes values; ``gcost``/``ghi``/``glo``: per
     brick costs for rows with the identity schedule; ``pat_off`` [P, lanes]: the distinct fetch patterns of
@@ -705,9 +696,8 @@ def tactical_cycles(M, gcost, ghi, glo, pat_off, pat_start, pat_n, goff, execd, 
     np.maximum.at(ustart, row_cls + 1, pid + 1)  # entries of class k end at the largest entry it visits
     ustart = np.maximum.accumulate(ustart)
     out_c = np.zeros(F, np.int64)
-    out_b = np.zeros(F, np.int64)
     _tactical_kernel(M, gcost, ghi, glo, locs, nlocs, ustart, pid, pat_start, pat_n, goff, execd, has_ident,
                      cls_fs, cls_fs_start, cimg0, cimg1, Hp, Wp, Cp, cb, sh, sw, oh, ow, C, backend, window_shift,
-                     gsize, minor, registers, int(max_entries), out_c, out_b)
-    return out_c, out_b
+                     gsize, minor, registers, int(max_entries), out_c)
+    return out_c
 

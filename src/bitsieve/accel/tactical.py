@@ -140,10 +140,10 @@ class Tactical(DnnsimModel):
                                 pat_off, pat_start, pat_n)
         pat_off = pat_off[:npat]
         oh, ow = wl.out_hw
-        out_c, _ = tactical_cycles(M, gcost.astype(np.int64), ghi.astype(np.int64), glo.astype(np.int64), pat_off,
-                                   pat_start, pat_n, goff.astype(np.int64), sch["execd"], has_ident, sch["img0"],
-                                   sch["img1"], Hp, Wp, Cp, cbk, wl.stride[0], wl.stride[1], oh, ow, C,
-                                   0 if pragmatic else 1, 1 << cfg["bits_first_stage"], gs, cfg["minor_bit"], regs)
+        out_c = tactical_cycles(M, gcost.astype(np.int64), ghi.astype(np.int64), glo.astype(np.int64), pat_off,
+                                pat_start, pat_n, goff.astype(np.int64), sch["execd"], has_ident, sch["img0"],
+                                sch["img1"], Hp, Wp, Cp, cbk, wl.stride[0], wl.stride[1], oh, ow, C,
+                                0 if pragmatic else 1, 1 << cfg["bits_first_stage"], gs, cfg["minor_bit"], regs)
         cycles = tiling.round_robin(out_c.astype(np.float64), T)
         # work: terms (E) or precision bits (P) of activations met by non-zero weights
         st = self.streams(wl, cfg)
