@@ -18,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..planes import Planes
-from .bitx import SCORES, mask_words, plane_scores, select
+from .bitx import PARAMS as BITX_PARAMS
+from .bitx import mask_words, plane_scores, select
 from .core import Method, Param, check_format, magnitudes_to_words
 
 
@@ -96,9 +97,7 @@ PARAMS = (
     Param("tile", "int", 16, "groups in lock-step sharing one kept-plane set (T)", lo=1, hi=4096),
     Param("cap", "int", 0, "max ones per kept plane and group (M); 0 = no cap", lo=0, hi=64),
     Param("drop", "bool", False, "drop the ones beyond the cap (else they only cost cycles)"),
-    Param("score", "str", "l2", "plane score, as bitx", choices=SCORES),
-    Param("format", "str", "fp32", "number format read (as bitx)"),
-    Param("group", "int", 64, "values per group along the dot-product axis", lo=1, hi=64),
+    *BITX_PARAMS[1:],  # score, format, group: exactly as bitx
 )
 
 METHOD = Method(
