@@ -347,7 +347,7 @@ def test_parse_spec():
     assert s.params["keep"] == 5 and s.params["score"] == "l1" and s.params["format"] == "fp32"
     assert parse_spec("BITX").params["keep"] == 6
     assert parse_spec("bitx:keep=5", {"format": "int16", "group": 32}).params == {
-        "keep": 5, "score": "l2", "format": "int16", "group": 32}
+        "keep": 5, "score": "l2", "format": "int16", "group": 32, "layout": "auto"}
     assert parse_spec("bitx:format=bf16", {"format": "int16"}).params["format"] == "bf16"
     assert parse_spec("bitlet:prune=0xFF0000").params["prune"] == 0xFF0000
     assert parse_spec("bitxpro:drop=true").params["drop"] is True

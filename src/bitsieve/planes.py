@@ -42,6 +42,7 @@ class Planes:
     gexp: np.ndarray | None  # int16 [n_groups] largest effective exponent of the group (floats)
     lost: np.ndarray  # int32 [n_groups] one-bits shifted out by alignment
     scale: np.ndarray | None = None  # real value of one integer step per output channel (quantised ints)
+    lane_valid: np.ndarray | None = None  # uint64 [n_groups]: real lanes of a lane layout (bitsieve.lanes)
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     # ---- geometry -------------------------------------------------------------------------------
@@ -72,7 +73,9 @@ class Planes:
 
     @property
     def valid(self) -> np.ndarray:
-        """uint64 [n_groups]: bit g set where value g is real, not padding."""
+        """uint64 [n_groups]: bit g set where value g is real, not padding (a lane layout's own mask)."""
+        if self.lane_valid is not None:
+            return self.lane_valid
         if "valid" not in self._cache:
             n = np.full(self.groups_per_row, self.group, dtype=np.uint64)
             n[-1] = self.row_len - self.group * (self.groups_per_row - 1)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import formats
+from . import formats, lanes
 from .accel import ACCELERATORS, PackSpec
 from .accel import energy as energy_mod
 from .accel import tiling
@@ -37,14 +37,12 @@ from .results import WHOLE, row
 
 # ---- packing --------------------------------------------------------------------------------------------
 def pack_weights(wl: tiling.Workload, spec: PackSpec, weight=None) -> Planes:
-    """Weights (``weight`` overrides the layer's, e.g. after a method) in the lanes ``spec`` asks for."""
-    fmt = formats.get(spec.fmt)
-    lay = tiling.layout(wl, spec.group, spec.layout)
-    vals = tiling.lane_values(wl, lay, fmt, weight)
-    if spec.round_to and fmt.is_float:
-        r = formats.get(spec.round_to)
-        vals = r.decode(r.encode(vals)).astype(np.float32)
-    return tiling.pack_lanes(vals, fmt, spec.align)
+    """Weights (``weight`` overrides the layer's, e.g. after a method, quantised on the layer's own grid) in
+    the lanes ``spec`` asks for, through the one grouping function every method also uses."""
+    w = wl.weight if weight is None else np.asarray(weight, dtype=np.float32).reshape(wl.weight.shape)
+    p, _ = lanes.pack_weight(w, spec.fmt, spec.group, spec.layout, spec.align,
+                             reference=None if weight is None else wl.weight, round_to=spec.round_to)
+    return p
 
 
 def pack_acts(wl: tiling.Workload, spec: PackSpec) -> Planes:

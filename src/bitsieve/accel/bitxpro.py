@@ -28,12 +28,13 @@ from . import tiling
 from .wserial import WeightSerial, result
 
 
-def runtime_select(planes, cfg):
-    """BitXpro's runtime selection: ``bitsieve.methods.bitxpro.bitxpro`` with tiles of ``rows`` filters."""
+def runtime_select(planes, cfg, groups: int = 1):
+    """BitXpro's runtime selection: ``bitsieve.methods.bitxpro.bitxpro`` with tiles of ``rows`` filters of
+    one conv group (the tiles ``tiling.row_blocks`` runs in lock-step)."""
     from ..methods.bitxpro import bitxpro
 
     return bitxpro(planes, keep=cfg["keep"], tile=cfg["rows"], cap=cfg["cap"], drop=cfg["drop"],
-                   score=cfg["score"])
+                   score=cfg["score"], groups=groups)
 
 
 class BitXpro(WeightSerial):
@@ -50,7 +51,7 @@ class BitXpro(WeightSerial):
     def simulate(self, layer, wplanes, aplanes, cfg):
         wl = layer
         fmt = formats.get(cfg["format"])
-        p = runtime_select(wplanes, cfg)
+        p = runtime_select(wplanes, cfg, wl.groups)
         O = wl.out_ch
         ones = np.bitwise_count(p.words).astype(np.int64).reshape(O, -1)  # [O, J*nbits]
         nb = p.nbits

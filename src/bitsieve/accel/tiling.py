@@ -4,12 +4,9 @@ Every accelerator model sees a layer as a ``Workload`` (a conv with stride, padd
 included, or a linear layer over tokens) and asks this module for the two things that depend only on the
 shape, so that each model states just its per-tile rule and its synchronisation:
 
-1. **Lane layout** (``layout``): how the dot-product axis of each filter is cut into chunks of G lanes.
-   ``channel``: for each kernel tap, G consecutive input channels (methods.md decision 1; DNNsim's
-   ``OutputStationary`` bricks); ``tap``: for each input channel, G consecutive kernel taps; ``auto``:
-   BitSim's rule (``sim/sim/stripes.py``, ``_calc_tile_conv2d``): ``tap`` when k^2 > c_w (first layers,
-   depthwise), else ``channel``; ``flat``: the whole channel-last reduction vector cut into G-runs (least
-   padding; an option). Weights become a [O, J, G] matrix of lanes (zero-padded) that the planes core packs.
+1. **Lane layout** (``layout``): how the dot-product axis of each filter is cut into chunks of G lanes, read
+   from ``bitsieve.lanes``, the one grouping function that the methods use too (``channel``, ``tap``,
+   ``auto`` = BitSim's rule, ``flat``). Weights become a [O, J, G] matrix of lanes that the planes core packs.
 
 2. **Tiles**. Two dataflows from the two public simulators:
    - ``bitsim_tiles`` (weight-serial designs, BitSim ``_calc_tile_*``): a tile is R filters (PE rows) x one
@@ -33,10 +30,12 @@ import numpy as np
 
 from .. import formats
 from ..errors import UserError
-from ..planes import Planes, pack
+from .. import lanes
+from ..lanes import Layout
+from ..planes import pack
 from .base import ceil_div
 
-LAYOUTS = ("auto", "channel", "tap", "flat")
+LAYOUTS = lanes.MODES
 
 
 def _pair(v) -> tuple[int, int]:
@@ -192,54 +191,10 @@ def from_layer(layer) -> Workload:
     raise UserError(f"layer {layer.name} is a {kind!r} layer: accelerator models take conv and linear layers")
 
 
-# ---- lane layout ---------------------------------------------------------------------------------------
-@dataclass(frozen=True, eq=False)
-class Layout:
-    """How each filter's dot product is cut into J chunks of G lanes. ``lane_ch``/``lane_tap`` [J, G] give
-    the input channel (within the conv group) and the kernel tap (ky * kw + kx) of every lane; -1 = padding."""
-
-    mode: str
-    G: int
-    lane_ch: np.ndarray
-    lane_tap: np.ndarray
-
-    @property
-    def J(self) -> int:
-        return self.lane_ch.shape[0]
-
-    @property
-    def valid(self) -> np.ndarray:
-        return self.lane_ch >= 0
-
-
+# ---- lane layout (the one grouping truth lives in bitsieve.lanes) ---------------------------------------------
 def layout(wl: Workload, G: int, mode: str = "auto") -> Layout:
-    """The lane layout of ``wl`` for G lanes (see the module docstring)."""
-    if mode not in LAYOUTS:
-        raise UserError(f"unknown lane layout {mode!r} ({', '.join(LAYOUTS)})")
-    if not 1 <= G <= 64:
-        raise UserError(f"lanes per group must be 1..64, got {G}")
-    cw, taps = wl.cw, wl.taps
-    if mode == "auto":
-        mode = "tap" if taps > cw else "channel"
-    lane = np.arange(G)
-    if mode == "channel":
-        cb = ceil_div(cw, G)
-        ch = (np.arange(cb)[:, None] * G + lane)[None].repeat(taps, 0)  # [taps, cb, G]
-        tap = np.broadcast_to(np.arange(taps)[:, None, None], ch.shape)
-        ch, tap = ch.reshape(-1, G), tap.reshape(-1, G)
-        ok = ch < cw
-    elif mode == "tap":
-        tb = ceil_div(taps, G)
-        tap = (np.arange(tb)[:, None] * G + lane)[None].repeat(cw, 0)  # [cw, tb, G]
-        ch = np.broadcast_to(np.arange(cw)[:, None, None], tap.shape)
-        ch, tap = ch.reshape(-1, G), tap.reshape(-1, G)
-        ok = tap < taps
-    else:  # flat, channel-last order k = tap * cw + ch
-        K = taps * cw
-        k = np.arange(ceil_div(K, G) * G).reshape(-1, G)
-        ok = k < K
-        tap, ch = k // cw, k % cw
-    return Layout(mode, G, np.where(ok, ch, -1).astype(np.int32), np.where(ok, tap, -1).astype(np.int32))
+    """The lane layout of ``wl``'s weights for G lanes (``bitsieve.lanes.layout``)."""
+    return lanes.layout(wl.weight.shape, G, mode)
 
 
 def lane_values(wl: Workload, lay: Layout, fmt: formats.Format, weight=None) -> np.ndarray:
@@ -247,37 +202,11 @@ def lane_values(wl: Workload, lay: Layout, fmt: formats.Format, weight=None) -> 
     scale, methods.md decision 2) for int formats. Padding lanes are 0. ``weight`` (e.g. after a method) is
     quantised with the scale of the layer's own weights, so a method's integers come back exactly."""
     w = wl.weight if weight is None else np.asarray(weight, dtype=np.float32).reshape(wl.weight.shape)
-    if not fmt.is_float:
-        if weight is None:
-            w, _ = fmt.quantize(w, axis=0)
-        elif fmt.frac or fmt.name.startswith("q"):
-            w, _ = fmt.quantize(w, axis=0)
-        else:
-            _, scale = fmt.quantize(wl.weight, axis=0)
-            q = np.rint(np.asarray(w, np.float64) / scale.reshape(-1, 1, 1, 1))
-            lo = -(1 << (fmt.width - 1)) if fmt.twos else -fmt.qmax
-            w = np.clip(q, lo, fmt.qmax).astype(np.int64)
-    dt = w.dtype if not fmt.is_float else np.float32
-    O, G, cw, taps = w.shape[0], lay.G, wl.cw, wl.taps
-    w3 = w.reshape(O, cw, taps).astype(dt, copy=False)
-    if lay.mode == "channel":  # [O, taps, cw] -> pad cw to cb*G
-        v = np.zeros((O, taps, ceil_div(cw, G) * G), dt)
-        v[:, :, :cw] = w3.transpose(0, 2, 1)
-    elif lay.mode == "tap":  # [O, cw, taps] -> pad taps
-        v = np.zeros((O, cw, ceil_div(taps, G) * G), dt)
-        v[:, :, :taps] = w3
-    else:  # flat channel-last: k = tap * cw + ch
-        v = np.zeros((O, ceil_div(taps * cw, G) * G), dt)
-        v[:, :taps * cw] = w3.transpose(0, 2, 1).reshape(O, -1)
-    return v.reshape(O, -1, G)
+    q, _ = lanes.quantized(w, fmt, None if weight is None else wl.weight)
+    return lanes.to_lanes(q, lay)
 
 
-def pack_lanes(vals: np.ndarray, fmt: formats.Format, align: str = "none") -> Planes:
-    """[O, J, G] lane values -> Planes of shape (O, J, G) grouped along the lanes: one group per
-    (filter, chunk), group index o * J + j; ``channel_of_group`` gives the filter. Integers are packed as
-    they are (already quantised per output channel by ``lane_values``)."""
-    G = vals.shape[2]
-    return pack(np.ascontiguousarray(vals), fmt, group=G, align=align, axis=2, per_channel=False)
+pack_lanes = lanes.pack_lanes
 
 
 # ---- weight-serial tiles (BitSim) ------------------------------------------------------------------------

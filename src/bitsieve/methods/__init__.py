@@ -98,6 +98,7 @@ def apply_model(layers, steps: list[Step]) -> list[LayerResult]:
             means = [activation_mean(layer) for layer in layers]
         for i, r in enumerate(results):
             am = means[i] if means is not None else None
-            r.weight, st = apply_tensor(r.weight, [step], act_mean=am, sensitive=sens[i])
+            r.weight, st = apply_tensor(r.weight, [step], act_mean=am, sensitive=sens[i],
+                                        groups=int(getattr(layers[i], "groups", 1) or 1))
             r.stats.extend(st)
     return results

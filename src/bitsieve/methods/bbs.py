@@ -32,7 +32,7 @@ from .. import formats
 from ..errors import UserError
 from ..planes import Planes
 from .bitwave import nearest_multiple
-from .core import Method, Param, check_format, from_ints, ints_of, output_channel_of_group, valid_count
+from .core import LAYOUT, Method, Param, check_format, from_ints, ints_of, output_channel_of_group, valid_count
 
 MODES = ("rounded", "zeropoint")
 
@@ -118,7 +118,8 @@ def zero_point_shift(q: np.ndarray, valid: np.ndarray, w: int, k: int, const_bit
 
 
 def bbs(p: Planes, *, k: int = 2, mode: str = "rounded", beta: float = 0.1, group: int = 32,
-        format: str = "int8", const_bits: int = 5, channels: int = 32, acts=None, sensitive=None) -> Planes:
+        format: str = "int8", const_bits: int = 5, channels: int = 32, layout: str = "auto", acts=None,
+        sensitive=None) -> Planes:
     """Binary pruning of every non-sensitive group (module docstring). ``sensitive``: bool [O] from the
     model-wide ranking; None ranks within this tensor by its per-channel scales."""
     w = p.fmt.width
@@ -165,6 +166,7 @@ PARAMS = (
     Param("const_bits", "int", 5, "zeropoint: bits of the shift constant c (code 5, paper 6)", lo=1, hi=8),
     Param("channels", "int", 32, "sensitive-channel count per layer rounded up to a multiple of this (CH)",
           lo=1, hi=4096),
+    LAYOUT,
 )
 
 METHOD = Method(
@@ -176,5 +178,6 @@ METHOD = Method(
                 "(rounded averaging or zero-point shifting), sensitive channels kept",
     params=PARAMS,
     layout=layout,
+    lanes=lambda prm: prm["layout"],
     validate=layout,
 )

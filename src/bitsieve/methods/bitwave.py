@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..planes import Planes
-from .core import Method, Param, check_format, magnitudes_to_words
+from .core import LAYOUT, Method, Param, check_format, magnitudes_to_words
 
 
 def nearest_multiple(v: np.ndarray, q: np.ndarray, nmax: np.ndarray) -> np.ndarray:
@@ -63,7 +63,8 @@ def zero_columns(p: Planes) -> np.ndarray:
     return z
 
 
-def bitwave(p: Planes, *, k: int = 2, group: int = 32, format: str = "int8", acts=None, sensitive=None) -> Planes:
+def bitwave(p: Planes, *, k: int = 2, group: int = 32, format: str = "int8", layout: str = "auto", acts=None,
+            sensitive=None) -> Planes:
     """Bit-flip every group to >= k zero magnitude columns (module docstring)."""
     w = p.nbits + 1
     if not 1 <= k <= w - 2:
@@ -84,6 +85,7 @@ PARAMS = (
     Param("group", "int", 32, "weights per group (BitSim's BitWave uses 32; the reference default is 16)",
           lo=1, hi=64),
     Param("format", "str", "int8", "sign-magnitude integer format, per-channel quantised (int<b>)"),
+    LAYOUT,
 )
 
 METHOD = Method(
@@ -94,5 +96,6 @@ METHOD = Method(
     description="bit-flip: round each group so it has at least K all-zero magnitude bit columns",
     params=PARAMS,
     layout=layout,
+    lanes=lambda prm: prm["layout"],
     validate=layout,
 )

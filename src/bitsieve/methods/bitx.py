@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..planes import Planes
-from .core import Method, Param, check_format
+from .core import LAYOUT, Method, Param, check_format
 
 SCORES = ("l2", "l1", "exact", "msb")
 
@@ -61,7 +61,7 @@ def mask_words(p: Planes, keep_mask: np.ndarray) -> Planes:
 
 
 def bitx(p: Planes, *, keep: int = 6, score: str = "l2", format: str = "fp32", group: int = 64,
-         acts: np.ndarray | None = None, sensitive=None) -> Planes:
+         layout: str = "auto", acts: np.ndarray | None = None, sensitive=None) -> Planes:
     """Keep the ``keep`` best planes of every group (see module docstring); returns new planes."""
     key = plane_scores(p, score, acts)
     nonempty = p.words != 0
@@ -80,6 +80,7 @@ PARAMS = (
     Param("format", "str", "fp32", "number format read: fp32, bf16, fp16 (aligned to the group's max weight "
                                    "exponent) or int<b> / q<m>.<n> (per-channel sign-magnitude)"),
     Param("group", "int", 64, "values per group along the dot-product axis", lo=1, hi=64),
+    LAYOUT,
 )
 
 METHOD = Method(
@@ -90,6 +91,7 @@ METHOD = Method(
     description="runtime bit-plane pruning: keep the N highest-scoring bit planes of every weight group",
     params=PARAMS,
     layout=layout,
+    lanes=lambda prm: prm["layout"],
     needs_activations=lambda prm: prm["score"] == "exact",
     validate=layout,
 )

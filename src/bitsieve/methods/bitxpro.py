@@ -23,16 +23,15 @@ from .bitx import mask_words, plane_scores, select
 from .core import Method, Param, check_format, magnitudes_to_words
 
 
-def tile_of_group(p: Planes, tile: int) -> np.ndarray:
-    """Tile index of every group: ``tile`` consecutive output channels at the same tap and group slot."""
-    gpr = p.groups_per_row
-    if len(p.shape) < 2 or p.axis == 0:
-        return np.arange(p.n_groups) // tile
-    taps = p.rows // int(p.shape[0])
-    gi = np.arange(p.n_groups)
-    r, j = gi // gpr, gi % gpr
-    o, tap = r // taps, r % taps
-    return ((o // tile) * taps + tap) * gpr + j
+def tile_of_group(p: Planes, tile: int, groups: int = 1) -> np.ndarray:
+    """Tile index of every group: ``tile`` consecutive filters of one conv group at the same chunk, the PE
+    rows that ``accel.tiling.row_blocks`` puts in lock-step (a tile never spans two conv groups)."""
+    O = int(p.shape[0]) if len(p.shape) >= 2 and p.axis != 0 else 1
+    per = p.n_groups // O  # groups (chunks) per filter
+    o, j = np.divmod(np.arange(p.n_groups), per)
+    og = O // groups
+    nb = -(-og // tile)
+    return ((o // og) * nb + (o % og) // tile) * per + j
 
 
 def cap_ones(p: Planes, cap: int, keep_mask: np.ndarray, acts: np.ndarray | None) -> np.ndarray:
@@ -70,12 +69,13 @@ def cap_ones(p: Planes, cap: int, keep_mask: np.ndarray, acts: np.ndarray | None
 
 
 def bitxpro(p: Planes, *, keep: int = 6, tile: int = 16, cap: int = 0, drop: bool = False, score: str = "l2",
-            format: str = "fp32", group: int = 64, acts: np.ndarray | None = None, sensitive=None) -> Planes:
+            format: str = "fp32", group: int = 64, layout: str = "auto", acts: np.ndarray | None = None,
+            sensitive=None, groups: int = 1) -> Planes:
     """BitX with one kept-plane set per tile of lock-step groups, plus an optional per-plane ones cap."""
     key = plane_scores(p, score, acts)
     if score == "l2":
         key = np.sqrt(key)  # tile scores sum the scores themselves, not their squares
-    tid = tile_of_group(p, tile)
+    tid = tile_of_group(p, tile, groups)
     n_tiles = int(tid.max()) + 1 if tid.size else 0
     tkey = np.stack([np.bincount(tid, weights=key[:, s], minlength=n_tiles) for s in range(p.nbits)], axis=1)
     tones = np.stack([np.bincount(tid, weights=np.bitwise_count(p.words[:, s]).astype(np.float64),
@@ -97,7 +97,7 @@ PARAMS = (
     Param("tile", "int", 16, "groups in lock-step sharing one kept-plane set (T)", lo=1, hi=4096),
     Param("cap", "int", 0, "max ones per kept plane and group (M); 0 = no cap", lo=0, hi=64),
     Param("drop", "bool", False, "drop the ones beyond the cap (else they only cost cycles)"),
-    *BITX_PARAMS[1:],  # score, format, group: exactly as bitx
+    *BITX_PARAMS[1:],  # score, format, group, layout: exactly as bitx
 )
 
 METHOD = Method(
@@ -108,6 +108,8 @@ METHOD = Method(
     description="BitX with regularity: one kept-plane set per tile of lock-step groups, optional ones cap",
     params=PARAMS,
     layout=layout,
+    lanes=lambda prm: prm["layout"],
+    uses_groups=True,
     needs_activations=lambda prm: prm["score"] == "exact",
     validate=layout,
 )

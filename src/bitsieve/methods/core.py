@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import formats
+from .. import formats, lanes
 from ..errors import UserError
 from ..planes import Planes, pack, pack_raw
 
@@ -83,6 +83,8 @@ class Method:
     kind: str = "weights"  # 'weights' (a weight rewrite) or 'forward' (an emulated forward pass)
     needs_activations: Callable[[dict], bool] = field(default=lambda p: False)
     validate: Callable[[dict], None] | None = None  # cross-parameter checks (UserError)
+    lanes: Callable[[dict], str] | None = None  # params -> lane layout (bitsieve.lanes) of a design it targets
+    uses_groups: bool = False  # fn takes the layer's conv ``groups`` (tiles never span conv groups)
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -112,6 +114,11 @@ class Step:
             v = self.params[p.name]
             parts.append(f"{p.name}={hex(v) if p.kind == 'mask' else str(v).lower() if p.kind == 'bool' else v}")
         return self.method.name + (":" + ",".join(parts) if parts else "")
+
+
+LAYOUT = Param("layout", "str", "auto", "lane layout of the groups, shared with the design the method targets "
+               "(bitsieve.lanes): auto = BitSim's rule (kernel taps when k^2 > c_w, else input channels per tap, "
+               "methods.md decision 1), channel, tap or flat", choices=lanes.MODES)
 
 
 _SPEC = re.compile(r"^\s*([A-Za-z][\w-]*)\s*(?::(.*))?$")
@@ -276,26 +283,37 @@ class StepStats:
         return dict(self.__dict__)
 
 
-def apply_tensor(weight, steps: list[Step], *, act_mean=None, sensitive=None) -> tuple[np.ndarray, list[StepStats]]:
+def apply_tensor(weight, steps: list[Step], *, act_mean=None, sensitive=None,
+                 groups: int = 1) -> tuple[np.ndarray, list[StepStats]]:
     """Apply weight methods in order to one tensor. Returns float32 weights and per-step counts.
 
+    A method that targets a design (``Method.lanes``) packs the weight through ``bitsieve.lanes.pack_weight``,
+    the grouping its design's simulator reads; the others group along the default dot-product axis.
     ``act_mean``: mean |input activation| broadcastable to the weight (e.g. [O, I, 1, 1] for a conv), for
     methods that score with activations. ``sensitive``: bool [O] per output channel (BBS beta), or None
-    to let the method choose within this tensor.
+    to let the method choose within this tensor. ``groups``: the layer's conv groups.
     """
     w = np.asarray(weight, dtype=np.float32)
     stats = []
     for step in steps:
         if step.method.kind != "weights":
             raise UserError(f"{step.name} changes the forward pass, not the weights: use it with `bitsieve eval`")
-        p = pack_for(w, *step.method.layout(step.params))
+        spec = step.method.layout(step.params)
+        lay = None
+        if step.method.lanes is not None and w.ndim in (2, 3, 4):
+            p, lay = lanes.pack_weight(w, spec[0], spec[1], step.method.lanes(step.params), spec[2])
+        else:
+            p = pack_for(w, *spec)
         acts = None
         if step.method.needs_activations(step.params):
             if act_mean is None:
                 raise UserError(f"{step.spec()} needs captured activations (none were given for this tensor)")
-            acts = group_view(act_mean, p)
-        q = step.method.fn(p, **step.params, acts=acts, sensitive=sensitive)
-        new = q.values().astype(np.float32)
+            a = np.broadcast_to(np.asarray(act_mean, np.float64), w.shape)
+            acts = lanes.to_lanes(a, lay).reshape(p.n_groups, p.group) if lay else group_view(a, p)
+        extra = {"groups": groups} if step.method.uses_groups else {}
+        q = step.method.fn(p, **step.params, acts=acts, sensitive=sensitive, **extra)
+        vals = q.values()
+        new = (lanes.from_lanes(vals, lay, w.shape) if lay else vals).astype(np.float32)
         before = p if q.fmt == p.fmt else repack_as(p, q.fmt)  # count both in the same representation
         stats.append(StepStats(step.name, step.spec(), q.fmt.name, effectual_bits(before),
                                effectual_bits(q), changed_bits(p, q), int(np.count_nonzero(new != w)),
