@@ -414,7 +414,7 @@ def _setting_text(s, methods) -> str:
     return f"Model {s[0]}, format {s[1]}, group {s[2]}; methods: {ms}."
 
 
-def build(rows, title: str | None = None, source: str = "") -> str:
+def build(rows, title: str | None = None, source: str = "", provenance: dict | None = None) -> str:
     """The report as one HTML string."""
     rows = list(rows)
     ix = _Index(rows)
@@ -498,9 +498,10 @@ def build(rows, title: str | None = None, source: str = "") -> str:
             f"<style>{_CSS}</style></head><body>{body}<script>{_JS}</script></body></html>")
 
 
-def write(rows, path, *, force: bool = False, title: str | None = None, source: str = ""):
+def write(rows, path, *, force: bool = False, title: str | None = None, source: str = "",
+          provenance: dict | None = None):
     """Render and write the report atomically (never over an existing file without ``force``)."""
     from .io import check_writable, write_atomic
 
     check_writable(path, force)
-    return write_atomic(path, build(rows, title=title, source=source), force=force)
+    return write_atomic(path, build(rows, title=title, source=source, provenance=provenance), force=force)
