@@ -1,8 +1,12 @@
 """Accuracy on real data: metric helpers, errors, and every method on real models against fp32."""
+import contextlib
+
 import numpy as np
 import pytest
+import torch
 
 from bitsieve import evaluate as ev
+from bitsieve import methods, stats
 from bitsieve.errors import UserError
 
 
@@ -81,3 +85,146 @@ def test_exact_score_captures_activations():
     r = ev.evaluate("lenet-mnist", ["bitx:keep=3,score=exact"], limit=200)
     v = check(r, "bitx:keep=3,score=exact")
     assert np.isfinite(v["value"]) and v["changed_bits"] > 0
+
+
+# ---- paired statistics, numerics variants, fixed-point contexts --------------------------------------------
+NEW_KEYS = ("n", "ci_low", "ci_high", "delta_ci_low", "delta_ci_high", "agreement", "mcnemar_p", "saturated")
+
+
+def design(weights, acts):
+    """A Numerics as a design layer would build one: fixed-point weights and/or activations."""
+    @contextlib.contextmanager
+    def enter(m):
+        with contextlib.ExitStack() as stack:
+            if weights:
+                stack.enter_context(ev.fixed_weights(m, weights))
+            if acts:
+                stack.enter_context(ev.fixed_activations(m, acts))
+            yield
+    return ev.Numerics(f"w={weights},a={acts}", enter)
+
+
+@pytest.fixture(scope="module")
+def lenet2000():
+    return ev.evaluate("lenet-mnist", ["bitx:keep=2", "quantize:bits=8", design("int16", "int16"),
+                                       design(None, "int4")], limit=2000)
+
+
+def test_paired_keys(lenet2000):
+    r = lenet2000
+    assert not r["saturated"] and r["samples"] == 2000
+    for v in r["variants"]:
+        assert all(k in v for k in NEW_KEYS) and v["n"] == 2000
+        assert v["ci_low"] <= v["value"] <= v["ci_high"]
+        assert v["delta_ci_low"] <= v["delta"] <= v["delta_ci_high"]
+        lo, hi = stats.wilson(round(v["value"] * 20), 2000)  # 2000 samples: percent * 20 = correct count
+        assert (v["ci_low"], v["ci_high"]) == pytest.approx((100 * lo, 100 * hi))
+    orig = check(r, "")
+    assert (orig["delta_ci_low"], orig["delta_ci_high"]) == (0.0, 0.0)
+    assert orig["agreement"] == 1.0 and orig["mcnemar_p"] == 1.0
+    pruned = check(r, "bitx:keep=2")
+    assert pruned["delta_ci_high"] < 0 and pruned["mcnemar_p"] < 1e-6 and pruned["agreement"] < 0.99
+    rows = ev.tidy_rows(r)
+    assert {x["metric"] for x in rows} >= {"accuracy_ci_low", "accuracy_ci_high", "n_samples",
+                                           "accuracy_delta_ci_low", "accuracy_delta_ci_high", "agreement"}
+    assert isinstance(r["_records"], ev.Records) and len(str(r["_records"])) < 80  # JSON dumps stay small
+
+
+def test_numerics_variants(lenet2000):
+    r = lenet2000
+    int16 = check(r, "w=int16,a=int16")
+    assert abs(int16["delta"]) <= 0.3 and int16["bits_removed_frac"] is None
+    int4 = check(r, "w=None,a=int4")
+    assert int4["delta"] < -0.3 and int4["delta_ci_high"] < 0  # a visible, significant loss
+
+
+def test_original_cache(lenet2000):
+    r = ev.evaluate("lenet-mnist", ["bitx:keep=2"], limit=2000, original=lenet2000["_records"])
+    assert r["variants"][0]["seconds"] == 0.0
+    for key in ("value", "delta", "ci_low", "ci_high", "delta_ci_low", "delta_ci_high", "agreement", "mcnemar_p"):
+        assert r["variants"][1][key] == check(lenet2000, "bitx:keep=2")[key]
+    with pytest.raises(UserError):
+        ev.evaluate("lenet-mnist", limit=1000, original=lenet2000["_records"])
+    with pytest.raises(UserError):
+        ev.evaluate("mtcnn-rnet", original=lenet2000["_records"])
+
+
+def test_saturated():
+    r = ev.evaluate("mtcnn-rnet", ["bitx:keep=8"])
+    assert r["original"] == 100.0 and r["saturated"] and all(v["saturated"] for v in r["variants"])
+    assert not ev.evaluate("lenet-mnist", limit=2000)["saturated"]
+
+
+def test_fixed_weights_keep_on_grid_weights_bit_for_bit():
+    m = ev.load_model("lenet-mnist")
+    layers = [layer for layer in m.layers if layer.kind != "other"]
+    original = [layer.weight.copy() for layer in layers]
+    with ev.applied(m, methods.parse_specs(["bitx:keep=2,format=int8"]), {}):
+        pruned = [layer.weight.copy() for layer in layers]
+        with ev.fixed_weights(m, "int8", reference=original):
+            for layer, w in zip(layers, pruned):
+                assert np.array_equal(layer.weight.view(np.uint32), w.view(np.uint32))
+        with ev.fixed_weights(m, "int8"):  # scales re-derived from the pruned weights move them
+            assert any(not np.array_equal(layer.weight, w) for layer, w in zip(layers, pruned))
+        for layer, w in zip(layers, pruned):  # restored on exit
+            assert np.array_equal(layer.weight.view(np.uint32), w.view(np.uint32))
+    with ev.fixed_weights(m, "int4"):
+        for layer in layers:
+            per_channel = np.abs(layer.weight.reshape(len(layer.weight), -1))
+            steps = per_channel / per_channel.max(axis=1, keepdims=True) * 7
+            assert np.allclose(steps, np.rint(steps), atol=1e-4)  # every weight on its channel's int4 grid
+    with pytest.raises(UserError):
+        with ev.fixed_weights(m, "fp16"):
+            pass
+    with pytest.raises(UserError):
+        with ev.fixed_weights(m, "int8", reference=original[:1]):
+            pass
+
+
+def test_fixed_activations_hooks():
+    m = ev.load_model("lenet-mnist")
+    calib = ev.calibration_inputs(m)
+    x = calib[0][:200]
+    with torch.no_grad():
+        plain = m.module(x)
+    modules = dict(m.module.named_modules())
+    seen = {}
+    with ev.fixed_activations(m, "int4", calib):
+        hooks = [modules[layer.name].register_forward_pre_hook(
+                 lambda mod, args, name=layer.name: seen.__setitem__(name, args[0].detach().clone()))
+                 for layer in m.layers]
+        with torch.no_grad():
+            quantised = m.module(x)
+        for h in hooks:
+            h.remove()
+    assert set(seen) == {layer.name for layer in m.layers}
+    for a in seen.values():
+        mags = np.unique(np.abs(a.numpy()))
+        assert len(mags[mags > 0]) <= 7  # int4: qmax = 7 magnitudes per layer
+    assert not torch.equal(quantised, plain)
+    assert all(not mod._forward_pre_hooks for mod in modules.values())  # hooks gone on exit
+    with torch.no_grad():
+        assert torch.equal(m.module(x), plain)
+    # evaluation batches, plain inputs and the default calibrate alike
+    batches = list(ev._batches("mnist", m.builtin, None, 1000))
+    outs = []
+    for calib_form in (batches, calib, None):
+        with ev.fixed_activations(m, "int4", calib_form), torch.no_grad():
+            outs.append(m.module(x))
+    assert torch.equal(outs[0], quantised) and torch.equal(outs[1], quantised) and torch.equal(outs[2], quantised)
+    with pytest.raises(UserError):
+        with ev.fixed_activations(m, "bf16", calib):
+            pass
+
+
+@pytest.mark.slow
+def test_minilm_stsb_paired(shared):
+    r = ev.evaluate("minilm-l6", ["bitx:keep=6", design(None, "int8")], data_dir=shared / "data" / "stsb",
+                    limit=128)
+    orig = check(r, "")
+    assert orig["agreement"] == 1.0 and (orig["delta_ci_low"], orig["delta_ci_high"]) == (0.0, 0.0)
+    for v in r["variants"]:
+        assert all(k in v for k in NEW_KEYS) and v["mcnemar_p"] is None and v["n"] == 128
+        assert v["ci_low"] <= v["value"] <= v["ci_high"]
+        assert v["delta_ci_low"] <= v["delta"] <= v["delta_ci_high"]
+    assert 0.9 < check(r, "w=None,a=int8")["agreement"] <= 1.0

@@ -10,10 +10,16 @@ Tasks (each built-in model has one, ``Builtin.task``):
 - ``stsb``: Spearman x 100 between the cosine similarity of the two sentence embeddings and the gold score on
   the STS-B test set, for minilm-l6 (published reference 82.03).
 
-A *variant* is one method or a composition (``"bbs:k=2+bitx:keep=5"``). Weight methods rewrite the
+A *variant* is one method or a composition (``"bbs:k=2+bitx:keep=5"``), or a ``Numerics`` (a hardware
+design's own arithmetic, e.g. ``fixed_weights`` + ``fixed_activations``). Weight methods rewrite the
 conv/linear weights in place (restored afterwards); ``bitlet`` (last in a composition) runs the forward pass
 through the Bitlet PE emulation. Each variant reports its metric, the change against the original, the share
 of effectual weight bits removed and the changed-bit count (see ``bitsieve.methods``).
+
+Every model's per-sample outcomes are kept (``Records``), so each variant is compared with the original
+*paired*, on the same samples in the same order: a 95 % interval of the metric, a paired-bootstrap interval
+of the change, agreement with the original's predictions and McNemar's test (``bitsieve.stats``). On 200 or
+1300 samples a change of a few tenths of a point is usually inside these intervals.
 """
 from __future__ import annotations
 
@@ -21,12 +27,15 @@ import contextlib
 import json
 import time
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import islice
 from pathlib import Path
+from typing import Callable, ContextManager
 
 import numpy as np
 import torch
 
-from . import data, methods
+from . import data, formats, methods, stats
 from . import model as model_mod
 from .errors import UserError
 from .methods import bitlet as bitlet_mod
@@ -35,14 +44,26 @@ TASKS = ("imagenet", "mnist", "faces", "stsb")
 METRIC = {"imagenet": "top1", "mnist": "top1", "faces": "accuracy", "stsb": "spearman"}
 BATCH = {"imagenet": 16, "mnist": 1000, "faces": 200, "stsb": 64}
 ACT_SAMPLES = 8  # real samples whose activations feed the score=exact methods
+BOOT, SEED = 2000, 0  # bootstrap resamples and their fixed seed: reruns give the same intervals
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """A variant that is not a method spec: ``enter(model)`` returns a context manager under which the loaded
+    model computes as some hardware design does (fixed-point operands, an emulated PE, ...). The design layer
+    builds these; ``evaluate`` runs them like method variants, paired with the original on the same batches,
+    and restores the weights afterwards whatever the context did."""
+
+    label: str
+    enter: Callable[[model_mod.Model], ContextManager]
 
 
 @dataclass
 class Variant:
-    """One evaluated configuration: its spec, metrics and bit counts."""
+    """One evaluated configuration: its spec, per-sample records and bit counts."""
 
-    spec: str  # canonical spec ('' for the original model)
-    metrics: dict
+    spec: str  # canonical spec ('' for the original model, the label for Numerics)
+    records: Records
     seconds: float
     steps: list = field(default_factory=list)  # (effectual bits before, after) of every weight step
     changed_bits: int = 0
@@ -55,6 +76,10 @@ class Variant:
         if not self.steps or any(b == 0 for b, _ in self.steps):
             return None
         return 1.0 - float(np.prod([a / b for b, a in self.steps]))
+
+    @property
+    def metrics(self) -> dict:
+        return self.records.metrics()
 
 
 # ---- data and metrics per task ----------------------------------------------------------------------------
@@ -110,39 +135,68 @@ def spearman(x, y) -> float:
         _, inv, counts = np.unique(v, return_inverse=True, return_counts=True)
         sums = np.bincount(inv, weights=r)
         return sums[inv] / counts[inv]
-    a, b = ranks(x), ranks(y)
-    a, b = a - a.mean(), b - b.mean()
-    den = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / den) if den else float("nan")
+    return stats.pearson(ranks(x), ranks(y))
 
 
-def _run(task: str, module, batches) -> dict:
-    """The task's metrics (percent, or Spearman x 100) of ``module`` over cached or fresh batches."""
+def _spearman100(pairs: np.ndarray) -> float:
+    """The STS-B metric of [n, 2] (similarity, gold) rows: what the bootstrap resamples."""
+    return 100.0 * spearman(pairs[:, 0], pairs[:, 1])
+
+
+@dataclass
+class Records:
+    """Per-sample outcomes of one model on the evaluation samples, in evaluation order. Keeping them (not
+    just the totals) is what lets two models be compared paired, sample by sample.
+
+    ``pred``: predicted class (imagenet, mnist), predicted label 0/1 (faces) or cosine similarity of the pair
+    (stsb); ``truth``: the label or gold score (also identifies the samples); ``top5``: label among the five
+    best classes (imagenet, mnist). ``str()`` stays short, so a JSON dump with ``default=str`` stays small."""
+
+    model: str
+    task: str
+    pred: np.ndarray = field(repr=False)
+    truth: np.ndarray = field(repr=False)
+    top5: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def n(self) -> int:
+        return len(self.truth)
+
+    @property
+    def correct(self) -> np.ndarray | None:
+        """bool per sample for classification tasks; None for stsb (no right or wrong per pair)."""
+        return None if self.task == "stsb" else self.pred == self.truth
+
+    def metrics(self) -> dict:
+        """The task's metrics: percent, or Spearman x 100."""
+        if self.task == "stsb":
+            return {"spearman": 100.0 * spearman(self.pred, self.truth), "n": self.n}
+        out = {METRIC[self.task]: 100.0 * int(self.correct.sum()) / self.n}
+        if self.top5 is not None:
+            out["top5"] = 100.0 * int(self.top5.sum()) / self.n
+        return {**out, "n": self.n}
+
+
+def _run(task: str, m: model_mod.Model, batches) -> Records:
+    """Per-sample records of ``m``'s module over cached or fresh batches."""
+    module = m.module
+    preds, truth, top5 = [], [], []
     with torch.no_grad():
-        if task in ("imagenet", "mnist"):
-            n = top1 = top5 = 0
-            for x, y in batches:
-                logits = module(x)
-                t5 = torch.topk(logits, 5, dim=1).indices.numpy()
-                top1 += int((t5[:, 0] == y).sum())
-                top5 += int((t5 == y[:, None]).any(axis=1).sum())
-                n += len(y)
-            return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "n": n}
-        if task == "faces":
-            n = ok = 0
-            for x, y in batches:
+        for x, y in batches:
+            if task in ("imagenet", "mnist"):
+                t5 = torch.topk(module(x), 5, dim=1).indices.numpy()
+                preds.append(t5[:, 0])
+                top5.append((t5 == y[:, None]).any(axis=1))
+            elif task == "faces":
                 prob = module(x)[-1][:, 1]
                 prob = prob.flatten(1).amax(1) if prob.ndim > 1 else prob
-                ok += int(((prob.numpy() > 0.5).astype(np.int64) == y).sum())
-                n += len(y)
-            return {"accuracy": 100.0 * ok / n, "n": n}
-        sims, gold = [], []
-        for (a, b), s in batches:
-            ea, eb = module(a).numpy(), module(b).numpy()
-            sims.append((ea * eb).sum(1) / (np.linalg.norm(ea, axis=1) * np.linalg.norm(eb, axis=1)))
-            gold.append(s)
-        gold = np.concatenate(gold)
-        return {"spearman": 100.0 * spearman(np.concatenate(sims), gold), "n": len(gold)}
+                preds.append((prob.numpy() > 0.5).astype(np.int64))
+            else:
+                ea, eb = module(x[0]).numpy(), module(x[1]).numpy()
+                preds.append((ea * eb).sum(1) / (np.linalg.norm(ea, axis=1) * np.linalg.norm(eb, axis=1)))
+            truth.append(np.asarray(y))
+    return Records(m.name, task, np.concatenate(preds), np.concatenate(truth),
+                   np.concatenate(top5) if top5 else None)
 
 
 # ---- loading ----------------------------------------------------------------------------------------------
@@ -226,9 +280,167 @@ def applied(m: model_mod.Model, steps: list, counts: dict):
             layer.weight[...] = w
 
 
-def evaluate(spec: str, variants: list[str] | None = None, *, task: str | None = None, data_dir=None,
-             limit: int | None = None, overrides: dict | None = None, progress=None) -> dict:
-    """Evaluate the original model and every variant; returns a JSON-able dict (see module docstring)."""
+# ---- fixed-point numerics ---------------------------------------------------------------------------------
+def _int_format(fmt_name: str) -> formats.Format:
+    fmt = formats.get(fmt_name)
+    if fmt.is_float:
+        raise UserError(f"fixed-point numerics need an integer format (int<b>, q<m>.<n>), not {fmt.name}")
+    return fmt
+
+
+def _compute_modules(m: model_mod.Model) -> list:
+    """The torch module of every conv/linear layer (a built-in's layers are named after their modules)."""
+    modules = dict(m.module.named_modules())
+    return [modules[layer.name] for layer in m.layers if layer.kind != "other"]
+
+
+def _module_inputs(batches) -> list:
+    """What the module is called with, from evaluation batches (``(input, labels)`` pairs as ``evaluate``
+    makes them; an STS-B input holds both sides of its pairs) or from a list of plain module inputs."""
+    out = []
+    for b in batches:
+        x = b[0] if isinstance(b, tuple) else b
+        out.extend(x if isinstance(x, tuple) else [x])
+    return out
+
+
+def calibration_inputs(m: model_mod.Model, n_batches: int = 1, data_dir=None) -> list:
+    """Module inputs of the first ``n_batches`` evaluation batches of the model's task, preprocessed as
+    ``evaluate`` does: the default calibration data of ``fixed_activations``."""
+    return _module_inputs(islice(_batches(m.builtin.task, m.builtin, data_dir, None), n_batches))
+
+
+def _record_amax(amax: list, i: int, module, args) -> None:
+    if args[0].numel():
+        amax[i] = max(amax[i], float(args[0].detach().abs().max()))
+
+
+def _quantise_input(scale: float, qmax: int, module, args):
+    """Forward pre-hook: the input rounded to the integer grid of ``scale`` (clipped), back in float."""
+    return (torch.clamp(torch.round(args[0] / scale), -qmax, qmax) * scale, *args[1:])
+
+
+@contextlib.contextmanager
+def fixed_activations(m: model_mod.Model, fmt_name: str, calib_batches=None):
+    """Inputs of every conv/linear module of ``m`` quantised to ``fmt_name`` while the context is open, as a
+    fixed-point datapath would see them.
+
+    Symmetric, one scale per layer = max|input| over the calibration data / qmax, round to nearest, clip,
+    dequantise; a ``q<m>.<n>`` format uses its own fixed scale and saturates. ``calib_batches``: a few
+    evaluation batches or plain module inputs (default: the first evaluation batch, ``calibration_inputs``).
+    Calibration runs the model as it computes when the context is entered."""
+    fmt = _int_format(fmt_name)
+    inputs = calibration_inputs(m) if calib_batches is None else _module_inputs(calib_batches)
+    modules = _compute_modules(m)
+    amax = [0.0] * len(modules)
+    hooks = [mod.register_forward_pre_hook(partial(_record_amax, amax, i)) for i, mod in enumerate(modules)]
+    try:
+        with torch.no_grad():
+            for x in inputs:
+                m.module(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    # the format's own rule turns each layer's range into its scale (max/qmax; fixed point: 2^-n)
+    scales = [float(fmt.quantize(np.float64(a), axis=None)[1]) for a in amax]
+    hooks = [mod.register_forward_pre_hook(partial(_quantise_input, s, fmt.qmax)) for mod, s in zip(modules, scales)]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _on_grid(w: np.ndarray, ref: np.ndarray, fmt: formats.Format) -> np.ndarray:
+    """``w`` rounded to the per-output-channel grid of ``fmt`` whose scales come from ``ref`` (decision 2:
+    max|ref| / qmax per channel), clipped and dequantised as float32. The integers stay floats so that a -0.0
+    survives: weights already on this grid come back bit for bit."""
+    scale = np.asarray(fmt.quantize(ref, axis=0)[1], dtype=np.float64).reshape([-1] + [1] * (w.ndim - 1))
+    q = np.clip(np.rint(np.asarray(w, dtype=np.float64) / scale), -fmt.qmax, fmt.qmax)
+    return (q * scale).astype(np.float32)
+
+
+@contextlib.contextmanager
+def fixed_weights(m: model_mod.Model, fmt_name: str, reference: list | None = None):
+    """Every conv/linear weight of ``m`` quantised per output channel to ``fmt_name`` while the context is
+    open (restored on exit).
+
+    The scales come from ``reference`` (one array per conv/linear layer, in ``m.layers`` order), else from the
+    weights as they are on entry. Pass the original weights when a software method has already put pruned
+    weights on the original's grid: scales re-derived from the pruned weights (whose channel maximum may have
+    shrunk) would re-round them and undo part of the pruning; with the original scales they are unchanged."""
+    fmt = _int_format(fmt_name)
+    layers = [layer for layer in m.layers if layer.kind != "other"]
+    saved = [layer.weight.copy() for layer in layers]
+    refs = saved if reference is None else [np.asarray(r) for r in reference]
+    if len(refs) != len(layers) or any(r.size != layer.weight.size for r, layer in zip(refs, layers)):
+        raise UserError(f"fixed_weights: reference must hold one weight per conv/linear layer of {m.name}")
+    try:
+        for layer, ref in zip(layers, refs):
+            layer.weight[...] = _on_grid(layer.weight, ref.reshape(layer.weight.shape), fmt)
+        yield
+    finally:
+        for layer, w in zip(layers, saved):
+            layer.weight[...] = w
+
+
+def _variant(m: model_mod.Model, task: str, batches, plan) -> Variant:
+    """Run one variant: method steps (a list) or a Numerics. Weights are restored after either."""
+    numerics = isinstance(plan, Numerics)
+    counts: dict = {}
+    t0 = time.perf_counter()
+    with applied(m, [] if numerics else plan, counts), (plan.enter(m) if numerics else contextlib.nullcontext()):
+        records = _run(task, m, batches)
+    return Variant(plan.label if numerics else "+".join(s.spec() for s in plan), records,
+                   time.perf_counter() - t0, counts.get("steps", []), counts.get("changed_bits", 0),
+                   counts.get("layers", []))
+
+
+def _check_original(original, m: model_mod.Model, task: str, batches) -> None:
+    """A cached original must be this model's records on exactly these samples, or pairing means nothing."""
+    truth = np.concatenate([np.asarray(y) for _, y in batches])
+    if not isinstance(original, Records) or original.model != m.name or original.task != task:
+        raise UserError(f"original= must be the '_records' of an earlier {m.name} {task} evaluation")
+    if original.n != len(truth) or not np.array_equal(original.truth, truth):
+        raise UserError(f"original= holds records of {original.n} other samples than these {len(truth)} "
+                        "(evaluate with the same data and --limit)")
+
+
+def _compare(base: Records, v: Records) -> dict:
+    """Interval of the variant's metric and paired statistics of its change against the original.
+
+    Proportions get a Wilson interval and, for the change, a paired bootstrap of the mean correct flag plus
+    an exact McNemar test; Spearman gets bootstrap intervals of itself and of the change (resampling the
+    same pairs for both models), and agreement is the Pearson correlation of the two models' similarities."""
+    if v.task == "stsb":
+        pairs = np.column_stack([v.pred, v.truth])
+        lo, hi = stats.bootstrap(pairs, _spearman100, BOOT, SEED)
+        dlo, dhi = stats.paired_bootstrap(np.column_stack([base.pred, base.truth]), pairs, _spearman100,
+                                          BOOT, SEED)
+        return {"ci_low": lo, "ci_high": hi, "delta_ci_low": dlo, "delta_ci_high": dhi,
+                "agreement": stats.pearson(v.pred, base.pred), "mcnemar_p": None}
+    c0, c = base.correct, v.correct
+    lo, hi = stats.wilson(int(c.sum()), v.n)
+    dlo, dhi = stats.paired_bootstrap(c0, c, "mean", BOOT, SEED)
+    return {"ci_low": 100.0 * lo, "ci_high": 100.0 * hi, "delta_ci_low": 100.0 * dlo,
+            "delta_ci_high": 100.0 * dhi, "agreement": stats.agreement(v.pred, base.pred),
+            "mcnemar_p": stats.mcnemar_p(int((c0 & ~c).sum()), int((~c0 & c).sum()))}
+
+
+def evaluate(spec: str, variants: list | None = None, *, task: str | None = None, data_dir=None,
+             limit: int | None = None, overrides: dict | None = None, progress=None,
+             original: Records | None = None) -> dict:
+    """Evaluate the original model and every variant (method specs or ``Numerics``), all paired on the same
+    samples in the same order.
+
+    Each row has the metric (``value``), its change (``delta``), ``n``, ``ci_low``/``ci_high`` (95 %),
+    ``delta_ci_low``/``delta_ci_high`` (95 % paired bootstrap, fixed seed), ``agreement`` with the original,
+    ``mcnemar_p`` (classification tasks, else None), ``saturated``, bit counts and ``seconds``.
+    ``saturated`` is True when the original's interval reaches 99.5 or it gets every sample right: such a task
+    has no room to show a small loss, so a near-zero change on it says little.
+
+    ``original``: the ``_records`` of an earlier call on the same model and samples; the original is then not
+    run again (its row's ``seconds`` is 0). The result returns the original's records under ``_records``."""
     m = load_model(spec)
     if m.module is None or m.builtin is None:
         raise UserError(f"{spec}: eval needs a built-in model")
@@ -242,47 +454,50 @@ def evaluate(spec: str, variants: list[str] | None = None, *, task: str | None =
         raise UserError(f"--limit must be at least 1, got {limit}")
     if data_dir is not None and not Path(data_dir).is_dir():
         raise UserError(f"--data {data_dir}: no such folder")
-    parsed = [methods.parse_specs(v, overrides) for v in split_variants(variants or [])]
-    if any(s.method.needs_activations(s.params) for steps in parsed for s in steps):
+    plans = [(v.label, v) if isinstance(v, Numerics)
+             else (str(v), methods.parse_specs(split_variants([v])[0], overrides)) for v in variants or []]
+    if any(s.method.needs_activations(s.params) for _, p in plans if isinstance(p, list) for s in p):
         model_mod.capture_activations(m, ACT_SAMPLES)  # for scores that use the mean |activation|
     batches = list(_batches(task, m.builtin, data_dir, limit))  # preprocessed once, reused by every variant
     if not batches:
         raise UserError(f"no {task} data to evaluate")
-    results = []
-    labels = [""] + [str(v) for v in (variants or [])]
-    for steps in [[]] + parsed:
-        counts: dict = {}
-        t0 = time.perf_counter()
-        with applied(m, steps, counts):
-            metrics = _run(task, m.module, batches)
-        v = Variant("+".join(s.spec() for s in steps), metrics, time.perf_counter() - t0,
-                    counts.get("steps", []), counts.get("changed_bits", 0), counts.get("layers", []))
-        results.append(v)
+    if original is None:
+        results = [_variant(m, task, batches, [])]
+    else:
+        _check_original(original, m, task, batches)
+        results = [Variant("", original, 0.0)]
+    if progress:
+        progress(results[0])
+    for _, plan in plans:
+        results.append(_variant(m, task, batches, plan))
         if progress:
-            progress(v)
+            progress(results[-1])
     key = METRIC[task]
+    base_records = results[0].records
     base = results[0].metrics[key]
+    compared = [_compare(base_records, v.records) for v in results]
+    correct = base_records.correct
+    saturated = compared[0]["ci_high"] >= 99.5 or (correct is not None and bool(correct.all()))
     rows = []
-    for label, v in zip(labels, results):
-        rows.append({"method": label, "spec": v.spec, "metric": key, "value": v.metrics[key],
-                     "delta": v.metrics[key] - base,
-                     **{k: x for k, x in v.metrics.items() if k not in (key,)},
+    for label, v, cmp in zip([""] + [label for label, _ in plans], results, compared):
+        metrics = v.metrics
+        rows.append({"method": label, "spec": v.spec, "metric": key, "value": metrics[key],
+                     "delta": metrics[key] - base, **{k: x for k, x in metrics.items() if k != key},
+                     **cmp, "saturated": saturated,
                      "bits_removed_frac": v.bits_removed_frac, "changed_bits": v.changed_bits,
                      "seconds": v.seconds})
-    return {"model": m.name, "task": task, "metric": key, "samples": results[0].metrics["n"],
-            "original": base, "variants": rows}
+    return {"model": m.name, "task": task, "metric": key, "samples": base_records.n, "original": base,
+            "saturated": saturated, "variants": rows, "_records": base_records}
 
 
 def tidy_rows(result: dict) -> list[dict]:
-    """The eval result as rows of the shared results table (``bitsieve.results``)."""
+    """The eval result as rows of the shared results table (``bitsieve.results``); a key a row lacks (no
+    top-5 on this task, no weight steps) gives no row."""
     from .results import row
 
-    out = []
-    for v in result["variants"]:
-        out.append(row(result["model"], "*", "accuracy", v["value"], method=v["method"]))
-        out.append(row(result["model"], "*", "accuracy_delta", v["delta"], method=v["method"]))
-        if "top5" in v:
-            out.append(row(result["model"], "*", "accuracy_top5", v["top5"], method=v["method"]))
-        if v["bits_removed_frac"] is not None:
-            out.append(row(result["model"], "*", "bits_removed_frac", v["bits_removed_frac"], method=v["method"]))
-    return out
+    names = {"value": "accuracy", "delta": "accuracy_delta", "top5": "accuracy_top5",
+             "bits_removed_frac": "bits_removed_frac", "ci_low": "accuracy_ci_low", "ci_high": "accuracy_ci_high",
+             "n": "n_samples", "delta_ci_low": "accuracy_delta_ci_low", "delta_ci_high": "accuracy_delta_ci_high",
+             "agreement": "agreement"}
+    return [row(result["model"], "*", metric, v[k], method=v["method"])
+            for v in result["variants"] for k, metric in names.items() if v.get(k) is not None]
