@@ -93,22 +93,30 @@ def compare(
                                          "compare-<model>.html, never overwriting an existing file)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing report (or --csv file)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
-    method: Optional[list[str]] = typer.Option(None, "--method", help="Only these methods (repeatable; default: "
-                                               "every method at its defaults)."),
-    accel: Optional[str] = typer.Option(None, "--accel", help="Only these accelerators, comma-separated "
-                                        "(default: all)."),
-    fmt: str = typer.Option("auto", "--format", help="Data format of the accelerators: auto (each design on "
-                            "its published format) or one format for all."),
-    group: int = typer.Option(64, "--group", help="Group size of the bit profile (1..64)."),
+    method: Optional[list[str]] = typer.Option(None, "--method", help="Software methods composed before the "
+                                               "designs they can change (repeatable; default: bitwave, bbs, "
+                                               "truncate at their defaults)."),
+    accel: Optional[str] = typer.Option(None, "--accel", help="Only these designs, comma-separated "
+                                        "(default: all; the dense baseline is always there)."),
+    fmt: str = typer.Option("auto", "--format", help="Data format of the designs: auto (each on its published "
+                            "format) or one format for all."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help="ACCEL.PARAM=VALUE: a design parameter "
+                                             "(repeatable), e.g. bitx.keep=4; it changes the design's cycles "
+                                             "and its numerics alike."),
+    curves: bool = typer.Option(True, "--curves/--no-curves", help="Also run each design with a knob (BitX, "
+                                "BitXpro keep; Bitlet prune) over its values, for accuracy-versus-speed curves."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Parallel processes (default: one per core)."),
     csv_path: Optional[str] = typer.Option(None, "--csv", help="Also write every result row to this CSV file."),
 ):
-    """The main job: profile a model, apply every method, measure accuracy on its real task, simulate every
-    accelerator on its real weights and activations; one table and one HTML report."""
+    """The main job: every design (an accelerator with its own numerics) on a model's real weights and
+    activations, its accuracy as it computes on the model's real task, speed, latency, energy and area; one
+    table and one HTML report."""
     from . import compare as cmp
     from . import report as report_mod
     from . import results
+    from .accel import parse_sets
     from .io import check_writable, write_atomic
+    from .sweep import _default_workers
 
     if full and limit is not None:
         raise UserError("--full and --limit exclude each other")
@@ -128,29 +136,65 @@ def compare(
         raise UserError(f"cannot read {model}: no such file")
     accels = [a.strip() for a in accel.split(",") if a.strip()] if accel else None
     lim = None if full else ("quick" if limit is None else limit)
-    p = cmp.plan(model, methods=method or None, accels=accels, fmt=fmt, group=group, limit=lim,
-                 accuracy=lim != 0)
+    nw = workers or _default_workers()
+    p = cmp.plan(model, methods=method or None, accels=accels, fmt=fmt, limit=lim, accuracy=lim != 0,
+                 sets=parse_sets(sets), curves=curves, workers=nw)
     if not json_out:
         acc = ("no accuracy" if p.limit == 0 else "accuracy on the whole evaluation set" if p.limit is None
                else f"accuracy on {p.limit} samples")
-        out.print(f"[bold]{model}[/]: {len(p.methods)} methods x {len(p.accels)} accelerators, {acc}")
-    res = cmp.run(p, workers=workers, console=None if json_out else out)
+        out.print(f"[bold]{model}[/]: {len(p.designs)} designs, {len(p.entries)} rows, {acc}")
+    res = cmp.run(p, workers=nw, console=None if json_out else out)
     rows = res["rows"]
-    report_mod.write(rows, path, force=force, title=f"bitsieve compare: {model}", source="bitsieve compare")
+    report_mod.write(rows, path, force=force, title=f"bitsieve compare: {model}", source="bitsieve compare",
+                     provenance=provenance(model, p, res))
     if csv_path:
         write_atomic(csv_path, results.to_csv(rows), force=force)
     data = cmp.table_data(rows, p)
+    orig = cmp.original_accuracy(rows)
     if json_out:
         def clean(x):
             if isinstance(x, dict):
                 return {k: clean(v) for k, v in x.items()}
+            if isinstance(x, list):
+                return [clean(v) for v in x]
             return None if isinstance(x, float) and not math.isfinite(x) else x
 
-        print(json.dumps({"model": model, "report": path, "limit": p.limit, "accelerators": p.accels,
-                          "methods": p.methods, "results": clean(data), "warnings": res["warnings"],
-                          "wall_s": res["wall_s"], "unit_seconds": res["seconds"], "rows": len(rows)}))
+        print(json.dumps(clean({"model": model, "report": path, "limit": p.limit, "original": orig,
+                                "designs": data, "warnings": res["warnings"], "wall_s": res["wall_s"],
+                                "unit_seconds": res["seconds"], "rows": len(rows)})))
         return
-    out.print(cmp.rich_table(data, p, cmp.metric_label(model)))
+    main_rows = [r for r in data if "[" not in r["design"] or r["method"]]
+    out.print(cmp.rich_table(main_rows, p, cmp.metric_label(model), orig))
+    notes = {r["design"]: r["note"] for r in data if r["note"]}
+    for name, note in notes.items():
+        out.print(f"[dim]{name}: {note}[/]")
+    out.print("[dim]speed-up same array: over the dense reference of the same array and schedule; iso-area: "
+              "latency (per-layer max of compute and DRAM) over the dense design in the same format scaled to "
+              "equal area; energy per inference; TOPS/W at the design's energy, GOPS/mm2 at "
+              f"{cmp.CLOCK_GHZ:g} GHz.[/]")
     for w in res["warnings"]:
         out.print(f"[yellow]{w}[/]")
     out.print(f"report: {path}   ({res['wall_s']:.0f} s, {res['workers']} workers)")
+
+
+def provenance(model: str, p, res) -> dict:
+    """What the report says about how its numbers were made."""
+    import platform
+    import sys
+
+    from importlib.metadata import version
+
+    def v(pkg):
+        try:
+            return version(pkg)
+        except Exception:
+            return "?"
+
+    return {"command": "bitsieve " + " ".join(sys.argv[1:]) if sys.argv and "bitsieve" in sys.argv[0] else "bitsieve compare",
+            "model": model, "samples": p.limit if p.limit is not None else "full set",
+            "activations simulated": p.activations, "seed": 0,
+            "versions": f"bitsieve {v('bitsieve')}, numpy {v('numpy')}, torch {v('torch')}, python {platform.python_version()}",
+            "formats": "; ".join(f"{e.label}: {e.design.numerics().describe()}" +
+                                 (f", method in {e.steps[0].params.get('format', e.design.fmt)}" if e.steps else "")
+                                 for e in p.entries if "[" not in e.design.name),
+            "wall seconds": round(res["wall_s"], 1)}

@@ -1,14 +1,20 @@
-"""`bitsieve compare`: the main job. One model, every method at its defaults, every accelerator, accuracy on
-the model's real task, one table and one HTML report.
+"""`bitsieve compare`: the main job. One model, every design (an accelerator with its own numerics, see
+``bitsieve.designs``), accuracy *as each design computes*, speed, latency, energy per inference and area.
 
-Each accelerator runs on the data format its design is published for (``native_format``: fp32 for the float
-designs, 16-bit fixed point for the DNNsim family, int8 for BitWave and BitVert), against the dense baseline in
-that same format. Methods run at their own defaults (BitX on fp32, BitWave/BBS on int8...), so their accuracy
-is what the papers' settings give; the accelerators then read the transformed weights in their own format.
+Rows: each design at its defaults, then each software method on the designs whose cycles read weight bits
+(elsewhere the cell is n/a, never a repeated number), then, for the designs with a knob (BitX/BitXpro
+``keep``, Bitlet ``prune``), the design at every knob value for accuracy-versus-speed curves.
 
-The work is cut into units that share nothing but the model: the accuracy of every method, the bit profile
-per format, and one unit per accelerator (the slow ones first). With several workers the units run in a
-process pool whose workers load the model, capture its activations and apply the methods once each.
+Accuracy: every distinct numerics is run once on the same samples in the same order; changes against the
+original model are paired (``evaluate._compare``: Wilson interval of the accuracy, paired bootstrap of the
+change, agreement with the original's predictions). Speed: compute cycles against the same-array dense
+reference (``speedup``), against the dense design in the same format scaled to equal area
+(``speedup_iso_area``), and ``latency_cycles`` = per layer max(compute, DRAM) (a per-layer roofline).
+Energy is per inference (the simulated batch's energy over its inputs).
+
+The work is cut into units that share nothing but the model (``plan`` -> ``Unit`` -> rows): one accuracy
+unit per numerics, one simulation unit per design (with its methods), one bit profile; ``run`` executes
+them in this process or a process pool and assembles the tidy rows (``results``).
 """
 from __future__ import annotations
 
@@ -18,20 +24,20 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from . import results
+import numpy as np
+
+from . import designs, results
 from .errors import UserError
 from .sweep import DEFAULT_ACTIVATIONS, Setting, _default_workers, _worker_init, keep_freed_memory, quick_limit
 
 DEFAULT_MODEL = "efficientnet-lite0"
-#: the data format each design is published for (others: fp32 when the design takes it, else int8)
-NATIVE = {"stripes": "int16", "pragmatic": "int16", "laconic": "int16", "tactical": "int16", "bitwave": "int8",
-          "bitvert": "int8"}
-#: rough relative cost per accelerator, only to start the slow units first
+#: software methods shown by default: the ones no design applies by itself, each on the designs it can change
+DEFAULT_METHODS = ("bitwave", "bbs", "truncate")
+#: rough relative cost per unit, only to start the slow ones first
 COST_HINT = {"tactical": 10.0, "bitlet": 5.0, "laconic": 2.0, "pnpu": 1.5, "pragmatic": 1.0}
-
-
 TASK_METRIC = {"imagenet": "ImageNet top-1 %", "mnist": "MNIST top-1 %", "faces": "LFW face / non-face accuracy %",
                "stsb": "STS-B Spearman x100"}
+CLOCK_GHZ = 1.0  # for TOPS/W and GOPS/mm2 when a design states no clock: every design at the same 1 GHz
 
 
 def metric_label(model: str) -> str:
@@ -42,127 +48,114 @@ def metric_label(model: str) -> str:
 
 
 def native_format(name: str) -> str:
-    from .accel import ACCELERATORS
-
-    if name in NATIVE:
-        return NATIVE[name]
-    return "fp32" if "fp32" in ACCELERATORS[name].formats else "int8"
+    return designs.native_format(name)
 
 
 @dataclass(frozen=True)
 class Unit:
-    """One piece of a comparison: 'accuracy', 'profile' (one format) or 'sim' (accelerators on one format)."""
+    """One piece of a comparison: 'accuracy' (some numerics), 'sim' (one design and its methods), 'profile'."""
 
     kind: str
     model: str
-    methods: tuple[str, ...]
-    setting: Setting | None = None
+    design: designs.Design | None = None
+    methods: tuple[str, ...] = ()
+    numerics: tuple = ()  # accuracy: ((key, Numerics, design, method spec), ...)
     limit: int | None = None
     activations: int = DEFAULT_ACTIVATIONS
     seed: int = 0
-    with_dense: bool = False  # sim: also emit the dense rows; accuracy: the emulated forward-pass methods
 
     @property
     def label(self) -> str:
         if self.kind == "accuracy":
-            what = ", ".join(m.split(":")[0] for m in self.methods) if self.with_dense else "methods"
-            return f"accuracy, {what}" + (f" ({self.limit} samples)" if self.limit else " (full set)")
+            what = ", ".join(dict.fromkeys(d.name + (f"+{m.split(':')[0]}" if m else "") for _, _, d, m in self.numerics))
+            return f"accuracy: {what}" + (f" ({self.limit} samples)" if self.limit else " (full set)")
         if self.kind == "profile":
-            return f"bit profile {self.setting.format}"
-        return f"{', '.join(self.setting.accels)} ({self.setting.format})"
+            return "bit profile (fp32 weights, activations)"
+        return f"simulate {self.design.name} ({self.design.fmt})"
 
     @property
     def cost(self) -> float:
         if self.kind == "accuracy":
-            return 1e9 + (1.0 if self.with_dense else 0.0)  # the emulated forward passes first
+            return 1e9 + sum(5.0 if n.forward else 1.0 for _, n, _, _ in self.numerics)
         if self.kind == "profile":
             return 0.5
-        return sum(COST_HINT.get(a, 0.5) for a in self.setting.accels)
+        return COST_HINT.get(self.design.accel, 0.5) * (1 + len(self.methods))
 
 
 @dataclass
 class Plan:
     model: str
+    entries: list[designs.Entry]
     methods: list[str]
-    accels: dict[str, str]  # accelerator -> format
-    group: int
     limit: int | None
-    activations: int = DEFAULT_ACTIVATIONS  # real inputs simulated per workload (the batch)
+    activations: int = DEFAULT_ACTIVATIONS
+    group: int = 64
     units: list[Unit] = field(default_factory=list)
 
     @property
-    def columns(self) -> list[tuple[str, str]]:
-        """(accelerator, format) in table order: the dense baseline of each format first."""
-        fmts = list(dict.fromkeys(f for a, f in self.accels.items() if a != "dense"))
-        dense = [("dense", f) for f in fmts] if "dense" in self.accels else []
-        if "dense" in self.accels and not fmts:
-            dense = [("dense", self.accels["dense"])]
-        return dense + [(a, f) for a, f in self.accels.items() if a != "dense"]
+    def designs(self) -> list[designs.Design]:
+        return list(dict.fromkeys(e.design for e in self.entries))
 
 
 def plan(model: str = DEFAULT_MODEL, *, methods: list[str] | None = None, accels: list[str] | None = None,
          fmt: str = "auto", group: int = 64, limit: int | None | str = "quick", accuracy: bool = True,
-         activations: int = DEFAULT_ACTIVATIONS, seed: int = 0) -> Plan:
+         activations: int = DEFAULT_ACTIVATIONS, seed: int = 0, sets: dict | None = None, curves: bool = True,
+         workers: int = 2) -> Plan:
     """Check every choice and cut the comparison into units (nothing runs yet)."""
-    from . import formats
     from . import methods as methods_mod
-    from .accel import ACCELERATORS
-    from .sweep import applicable_accels, resolve
     from .zoo import BUILTINS
 
     if not 1 <= group <= 64:
         raise UserError(f"--group must be 1..64, got {group}")
-    specs = list(methods) if methods is not None else list(methods_mod.REGISTRY)
+    specs = list(methods) if methods is not None else list(DEFAULT_METHODS)
     for s in specs:
-        resolve(s, None, None)  # unknown methods and bad parameters fail here, before any work
-    names = list(accels) if accels is not None else list(ACCELERATORS)
-    names = list(dict.fromkeys(["dense", *names]))  # the baseline of every speed-up is always shown
-    for a in names:
-        if a not in ACCELERATORS:
-            raise UserError(f"unknown accelerator {a!r} (known: {', '.join(ACCELERATORS)})")
-    chosen: dict[str, str] = {}
-    for a in names:
-        if a == "dense" and fmt == "auto":
-            chosen[a] = "fp32"  # dense runs on every format in use (see Plan.columns)
-        elif fmt == "auto":
-            chosen[a] = native_format(a)
-        else:
-            f = formats.get(fmt)
-            if not applicable_accels([a], f):
-                raise UserError(f"{a} does not take {f.name} data (use --format auto to run each design on its "
-                                "own format, or leave it out with --accel)")
-            chosen[a] = f.name
+        methods_mod.parse_specs(s.split("+"))  # unknown methods and bad parameters fail here
+    base = designs.defaults(accels, fmt=fmt, sets=sets)
+    entries = [designs.Entry(d) for d in base]
+    for spec in specs:
+        shown = False
+        for d in base:
+            if not d.reads_weights:
+                continue
+            steps = d.method_steps(spec)
+            if steps is not None:
+                entries.append(designs.Entry(d, spec, steps))
+                shown = True
+        if not shown:
+            raise UserError(f"method {spec} runs on none of the designs compared (it needs a design that reads "
+                            "weight bits in its format)")
+    if curves:
+        for d in base:
+            for k in designs.knob_designs(d):
+                if k.overrides != d.overrides:
+                    entries.append(designs.Entry(k))
     builtin = BUILTINS.get(model)
     if limit == "quick":
         limit = quick_limit(builtin.task) if builtin else 0
-    if builtin is None and accuracy and limit != 0:
-        accuracy = False  # a weights file has no task to measure accuracy on
-    if not accuracy:
+    if builtin is None or not accuracy:
         limit = 0
-    p = Plan(model, specs, chosen, group, limit, activations)
-    fmts = list(dict.fromkeys(chosen.values())) or [("fp32" if fmt == "auto" else formats.get(fmt).name)]
-    if limit != 0 and builtin is not None:
-        # emulated forward passes (Bitlet numerics) are much slower than weight rewrites: their own unit, so
-        # that two workers share the accuracy work (it re-measures the original, ignored, as a reference)
-        fwd = [x for x in specs if any(st.method.kind != "weights" for st in resolve(x, None, None))]
-        rest = [x for x in specs if x not in fwd]
-        p.units.append(Unit("accuracy", model, tuple(rest), limit=limit, seed=seed))
-        if fwd:
-            p.units.append(Unit("accuracy", model, tuple(fwd), limit=limit, seed=seed, with_dense=True))
-    for f in fmts:
-        s = Setting(f, group, "weight", ())
-        p.units.append(Unit("profile", model, tuple(specs), s, activations=activations, seed=seed))
-    first = {f: True for f in fmts}
-    for a, f in chosen.items():
-        if a == "dense":
-            continue
-        p.units.append(Unit("sim", model, tuple(specs), Setting(f, group, "weight", (a,)), activations=activations,
-                            seed=seed, with_dense=first[f]))
-        first[f] = False
-    for f, need in first.items():  # a format with only dense asked for
-        if need and "dense" in chosen:
-            p.units.append(Unit("sim", model, tuple(specs), Setting(f, group, "weight", ("dense",)),
-                                activations=activations, seed=seed, with_dense=True))
+    p = Plan(model, entries, specs, limit, activations, group)
+    if limit != 0:
+        seen: dict = {}
+        for e in entries:
+            key = e.accuracy_key()
+            if key not in seen:
+                seen[key] = (key, e.design.numerics(), e.design, e.method)
+        items = sorted(seen.values(), key=lambda x: bool(x[1].forward))
+        fwd = [x for x in items if x[1].forward]
+        rest = [x for x in items if not x[1].forward]
+        # the emulated forward passes are slow: their own units; the rest shared out over the workers
+        for x in fwd:
+            p.units.append(Unit("accuracy", model, numerics=(x,), limit=limit, seed=seed))
+        n = max(1, min(workers, len(rest)))
+        for i in range(n):
+            chunk = tuple(rest[i::n])
+            if chunk:
+                p.units.append(Unit("accuracy", model, numerics=chunk, limit=limit, seed=seed))
+    p.units.append(Unit("profile", model, activations=activations, seed=seed))
+    for d in p.designs:
+        ms = tuple(e.method for e in entries if e.design == d and e.method)
+        p.units.append(Unit("sim", model, design=d, methods=ms, activations=activations, seed=seed))
     p.units.sort(key=lambda u: -u.cost)
     return p
 
@@ -172,9 +165,8 @@ _CACHE: dict = {}
 
 
 def _prepared(unit: Unit):
-    """The model (activations captured) and every method's weights, loaded once per process."""
+    """The model with its activations captured, loaded once per process."""
     from . import model as model_mod
-    from .sweep import _apply, resolve
 
     key = (unit.model, unit.activations)
     if key not in _CACHE:
@@ -183,47 +175,112 @@ def _prepared(unit: Unit):
         layers = [L for L in m.layers if L.kind in ("conv", "linear")]
         if not layers:
             raise UserError(f"{unit.model} has no conv or linear layers")
-        _CACHE[key] = {"model": m, "layers": layers, "weights": {"": None}}
-    c = _CACHE[key]
-    for spec in unit.methods:
-        if spec not in c["weights"]:
-            steps = resolve(spec, None, None)
-            c["weights"][spec] = _apply(c["layers"], steps) if all(
-                x.method.kind == "weights" for x in steps) else None
-    return c["model"], c["layers"], {k: v for k, v in c["weights"].items() if k == "" or k in unit.methods}
+        _CACHE[key] = (m, layers)
+    return _CACHE[key]
 
 
-def run_unit(unit: Unit, progress=None) -> list[dict]:
-    """Rows of one unit. ``progress(fraction)`` hears how far it is."""
-    from .sweep import _profile_setting, _simulate_setting, accuracy_rows, resolve
+def accuracy_records(model: str, items, limit, say) -> dict:
+    """{numerics key: evaluate.Records} of the original ('original') and every numerics, same samples."""
+    from . import evaluate
+
+    m = evaluate.load_model(model)
+    task = m.builtin.task
+    batches = list(evaluate._batches(task, m.builtin, None, limit))
+    if not batches:
+        raise UserError(f"no {task} data to evaluate")
+    out = {"original": evaluate._run(task, m, batches)}
+    say(1 / (len(items) + 1))
+    for i, (key, num, d, method) in enumerate(items):
+        steps = d.method_steps(method) if method else ()
+        with designs.computing(m, num, steps, batches[:1]):
+            out[key] = evaluate._run(task, m, batches)
+        say((i + 2) / (len(items) + 1))
+    return out
+
+
+def simulate_design(model: str, layers, d: designs.Design, methods: tuple, activations: int, seed: int,
+                    say) -> list[dict]:
+    """Per-layer and whole-model rows of design ``d`` (method '') and of each method composed before it."""
+    from . import methods as methods_mod
+    from . import simulate as sim_mod
+    from .accel import tiling
+
+    sim = sim_mod.Simulator(sim_mod.Run(accels=[d.accel], fmt=d.fmt, sets={d.accel: d.overrides} if d.sets else {},
+                                        seed=seed, inferences=activations))
+    weights = {"": None}
+    for spec in methods:
+        weights[spec] = [r.weight for r in methods_mod.apply_model(layers, d.method_steps(spec))]
+    per: dict[str, list] = {k: [] for k in weights}
+    for i, L in enumerate(layers):
+        wl = tiling.from_layer(L)
+        acache: dict = {}
+        for label, ws in weights.items():
+            res = sim_mod.layer_results(sim, wl, None if ws is None else ws[i], acache)
+            per[label] += sim_mod.layer_rows(sim, model, label, wl, res)
+        say((i + 1) / len(layers))
+    rows = []
+    for label, lr in per.items():
+        rows += lr + sim_mod.whole_rows(sim, model, label, lr)
+    for r in rows:  # the design's name (dense is named by its format, overrides shown)
+        if r["accel"] == d.accel:
+            r["accel"] = d.name
+        elif r["accel"] == "dense":
+            r["accel"] = f"dense@{d.fmt}"
+    return [r for r in rows if r["accel"] == d.name or (d.accel == "dense")]
+
+
+def run_unit(unit: Unit, progress=None):
+    """What one unit produces: accuracy records, or rows. ``progress(fraction)`` hears how far it is."""
+    from .sweep import _profile_setting
 
     say = progress or (lambda f: None)
     if unit.kind == "accuracy":
-        steps = {s: resolve(s, None, None) for s in unit.methods}
-        return accuracy_rows(unit.model, steps, unit.limit, [], say)
-    m, layers, weights = _prepared(unit)
+        return accuracy_records(unit.model, unit.numerics, unit.limit, say)
+    m, layers = _prepared(unit)
     if unit.kind == "profile":
-        say(0.5)
-        rows = _profile_setting(m.name, layers, weights, unit.setting)
+        rows = _profile_setting(m.name, layers, {"": None}, Setting("fp32", 64, "weight"))
+        rows += activation_profile_rows(m.name, layers)
         say(1.0)
         return rows
-    weights = {k: v for k, v in weights.items() if k == "" or v is not None}  # bitlet: accuracy only
-    rows = _simulate_setting(m.name, layers, weights, unit.setting, unit.seed, say)
-    if not unit.with_dense:
-        rows = [r for r in rows if r["accel"] != "dense"]
+    return simulate_design(m.name, layers, unit.design, unit.methods, unit.activations, unit.seed, say)
+
+
+def activation_profile_rows(model: str, layers) -> list[dict]:
+    """Per-layer bit profile of the captured input activations (int16, per-layer scale), whole model too."""
+    from . import formats
+    from .planes import pack
+    from .profile import counts, merge, stats
+
+    fmt = formats.get("int16")
+    cs, rows = [], []
+    for L in layers:
+        a = getattr(L, "activation", None)
+        if a is None:
+            continue
+        a = np.asarray(a, np.float32)
+        p = pack(a.reshape(a.shape[0], a.shape[1], -1) if a.ndim >= 3 else a.reshape(-1, a.shape[-1]), fmt, 16,
+                 per_channel=False)
+        c = counts(p)
+        cs.append(c)
+        st = stats(c)
+        for k in ("zero_value_frac", "zero_bit_frac", "mean_essential_bits"):
+            rows.append(results.row(model, L.name, f"act_{k}", st[k], format="int16", group=16))
+    if cs:
+        st = stats(merge(cs))
+        for k in ("zero_value_frac", "zero_bit_frac", "mean_essential_bits"):
+            rows.append(results.row(model, results.WHOLE, f"act_{k}", st[k], format="int16", group=16))
     return rows
 
 
 @contextlib.contextmanager
 def _cache_cleared():
-    """Units run in this process keep the model in _CACHE; let it go when the comparison ends."""
     try:
         yield
     finally:
         _CACHE.clear()
 
 
-def _pool_unit(unit: Unit, queue) -> tuple[list[dict], float]:
+def _pool_unit(unit: Unit, queue):
     t0 = time.perf_counter()
     last = [0.0]
 
@@ -232,16 +289,16 @@ def _pool_unit(unit: Unit, queue) -> tuple[list[dict], float]:
             last[0] = f
             queue.put((unit, f))
 
-    rows = run_unit(unit, say)
-    return rows, time.perf_counter() - t0
+    out = run_unit(unit, say)
+    return out, time.perf_counter() - t0
 
 
 def run(p: Plan, *, workers: int | None = None, console=None) -> dict:
-    """Run every unit; returns rows (accuracy rows copied into each format's section), warnings, timings."""
+    """Run every unit and assemble the rows; returns rows, the table records, warnings and timings."""
     workers = workers or min(_default_workers(), max(1, len(p.units)))
     keep_freed_memory()
     bars = _Bars(console, p.units)
-    out: dict[Unit, list] = {}
+    out: dict[Unit, object] = {}
     warnings: list[str] = []
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -249,32 +306,24 @@ def run(p: Plan, *, workers: int | None = None, console=None) -> dict:
         if workers <= 1:
             for u in p.units:
                 t1 = time.perf_counter()
-                try:
-                    out[u] = run_unit(u, lambda f, _u=u: bars.update(_u, f))
-                except UserError as e:
-                    if u.kind != "accuracy":
-                        raise
-                    warnings.append(f"accuracy not measured: {e}")
-                    out[u] = []
+                out[u] = _guard(u, lambda u=u: run_unit(u, lambda f, _u=u: bars.update(_u, f)), warnings)
                 seconds[u.label] = time.perf_counter() - t1
                 bars.update(u, 1.0)
         else:
             _run_pool(p, workers, bars, out, warnings, seconds)
-    rows: list[dict] = []
-    acc = [r for u in p.units if u.kind == "accuracy" for r in out.get(u, [])
-           if not (u.with_dense and r["method"] == "")]  # the original is measured once in the main unit
-    fmts = list(dict.fromkeys(f for _, f in p.columns)) or list(
-        dict.fromkeys(u.setting.format for u in p.units if u.setting is not None))
-    order = {a: i for i, a in enumerate(["dense", *p.accels])}
-    for f in fmts:  # per format: accuracy (the same in every section of the report), profile, accelerators
-        rows += [{**r, "format": f, "group": p.group} for r in acc]
-        units = [u for u in p.units if u.setting is not None and u.setting.format == f]
-        units.sort(key=lambda u: (u.kind != "profile", min((order.get(a, 99) for a in u.setting.accels),
-                                                             default=-1) if not u.with_dense else -1))
-        for u in units:
-            rows += out.get(u, [])
+    rows = assemble(p, out)
     return {"rows": rows, "warnings": warnings, "seconds": seconds, "wall_s": time.perf_counter() - t0,
             "workers": workers}
+
+
+def _guard(u: Unit, fn, warnings):
+    try:
+        return fn()
+    except UserError as e:
+        if u.kind != "accuracy":
+            raise
+        warnings.append(f"accuracy not measured: {e}")
+        return {}
 
 
 def _run_pool(p: Plan, workers: int, bars, out, warnings, seconds):
@@ -299,13 +348,8 @@ def _run_pool(p: Plan, workers: int, bars, out, warnings, seconds):
                         bars.update(u, f)
                     for fut in done:
                         u = futs[fut]
-                        try:
-                            out[u], seconds[u.label] = fut.result()
-                        except UserError as e:
-                            if u.kind != "accuracy":
-                                raise
-                            warnings.append(f"accuracy not measured: {e}")
-                            out[u] = []
+                        res = _guard(u, fut.result, warnings)
+                        out[u], seconds[u.label] = (res if isinstance(res, tuple) else (res, 0.0))
                         bars.update(u, 1.0)
             except BaseException:
                 pool.shutdown(wait=False, cancel_futures=True)
@@ -337,64 +381,148 @@ class _Bars:
             self.p.__exit__(*exc)
 
 
+# ---- assembling the design rows ------------------------------------------------------------------------------
+def assemble(p: Plan, out: dict) -> list[dict]:
+    """Simulator and profile rows as they came, plus one block of design rows per entry (layer '*', accel =
+    the design, method = the software method or ''): accuracy with its interval and sample count, the
+    paired change, agreement, speed-ups, latency, energy per inference, TOPS/W, GOPS/mm2, area."""
+    from . import evaluate
+
+    rows: list[dict] = []
+    recs: dict = {}
+    for u in p.units:
+        if u.kind == "accuracy":
+            recs.update(out.get(u) or {})
+        else:
+            rows += out.get(u) or []
+    whole = {(r["accel"], r["method"], r["metric"]): r["value"] for r in rows if r["layer"] == results.WHOLE}
+    per_layer: dict = {}
+    for r in rows:
+        if r["layer"] != results.WHOLE and r["metric"] in ("cycles", "dram_cycles"):
+            per_layer.setdefault((r["accel"], r["method"]), {}).setdefault(r["layer"], {})[r["metric"]] = r["value"]
+    base = recs.get("original")
+    model = p.model
+    add_rows = []
+    for e in p.entries:
+        d = e.design
+        kw = dict(method=e.method, accel=d.name, format=d.fmt, group=0)
+
+        def add(metric, value, _kw=kw):
+            add_rows.append(results.row(model, results.WHOLE, metric, value, **_kw))
+
+        rec = recs.get(e.accuracy_key()) if base is not None else None
+        if rec is not None:
+            m = rec.metrics()
+            key = evaluate.METRIC[rec.task]
+            c = evaluate._compare(base, rec)
+            add("accuracy", m[key])
+            add("accuracy_ci_low", c["ci_low"])
+            add("accuracy_ci_high", c["ci_high"])
+            add("n_samples", rec.n)
+            add("accuracy_delta", m[key] - base.metrics()[key])
+            add("accuracy_delta_ci_low", c["delta_ci_low"])
+            add("accuracy_delta_ci_high", c["delta_ci_high"])
+            add("agreement", c["agreement"])
+        for k in ("speedup", "cycles", "dram_cycles", "energy_pj", "energy_pj.compute", "energy_pj.sram",
+                  "energy_pj.dram", "area_mm2", "macs"):
+            v = whole.get((d.name, e.method, k))
+            if v is not None and k not in ("speedup",):
+                add(k, v)
+        sp = whole.get((d.name, e.method, "speedup"))
+        if sp is not None:
+            add("speedup", sp)
+        lat = _latency(per_layer.get((d.name, e.method), {}))
+        dense = f"dense@{d.fmt}"
+        lat_d = _latency(per_layer.get((dense, ""), {}))
+        if lat:
+            add("latency_cycles", lat)
+            a, ad = whole.get((d.name, e.method, "area_mm2")), whole.get((dense, "", "area_mm2"))
+            if lat_d and a and ad:
+                add("speedup_latency", lat_d / lat)
+                add("speedup_iso_area", (lat_d / lat) * (ad / a))
+            en, macs = whole.get((d.name, e.method, "energy_pj")), whole.get((d.name, e.method, "macs"))
+            if en and macs:
+                ops = 2.0 * macs / max(p.activations, 1)  # per inference, a MAC = 2 ops
+                add("tops_per_w", ops / en)
+                if a:  # the simulated batch's ops over its latency at CLOCK_GHZ, per mm2
+                    add("gops_per_mm2", 2.0 * macs / (lat / CLOCK_GHZ) / a)
+    if base is not None:
+        kw = dict(method="", accel="original", format="fp32", group=0)
+        m = base.metrics()
+        key = evaluate.METRIC[base.task]
+        lo, hi = evaluate._compare(base, base)["ci_low"], evaluate._compare(base, base)["ci_high"]
+        for k, v in (("accuracy", m[key]), ("accuracy_ci_low", lo), ("accuracy_ci_high", hi), ("n_samples", base.n)):
+            add_rows.append(results.row(model, results.WHOLE, k, v, **kw))
+        sat = hi >= 99.5 or (base.correct is not None and bool(base.correct.all()))
+        add_rows.append(results.row(model, results.WHOLE, "saturated", float(sat), **kw))
+    return rows + add_rows
+
+
+def _latency(layers: dict) -> float:
+    """Per-layer roofline: a layer takes max(compute cycles, DRAM cycles); the model the sum."""
+    return float(sum(max(v.get("cycles", 0.0), v.get("dram_cycles", 0.0)) for v in layers.values()))
+
+
 # ---- presenting ------------------------------------------------------------------------------------------------
-def table_data(rows, p: Plan) -> dict:
-    """{method: {"accuracy", "delta", accel: {"speedup", "energy_pj", "format"}}} for the table and --json;
-    ``energy_pj`` is per inference: the simulated batch's energy over its ``p.activations`` inputs."""
-    idx = {}
+def table_data(rows, p: Plan) -> list[dict]:
+    """One record per entry (design + method) with every design metric, for the table and ``--json``."""
+    idx: dict = {}
     for r in rows:
         if r["layer"] == results.WHOLE:
-            idx[(r["method"], r["accel"], r["format"], r["metric"])] = r["value"]
-    f0 = p.columns[0][1] if p.columns else "fp32"
-    out = {}
-    for m in ["", *p.methods]:
-        rec = {"accuracy": idx.get((m, "", f0, "accuracy")), "accuracy_delta": idx.get((m, "", f0, "accuracy_delta")),
-               "accels": {}}
-        for a, f in p.columns:
-            sp = idx.get((m, a, f, "speedup"))
-            if sp is None and m:  # a forward-pass emulation (bitlet): accuracy only
-                continue
-            rec["accels"][f"{a}@{f}" if a == "dense" else a] = {
-                "accel": a, "format": f, "speedup": sp, "energy_pj": _per(idx.get((m, a, f, "energy_pj")), p.activations),
-                "cycles": idx.get((m, a, f, "cycles"))}
-        out[m] = rec
+            idx.setdefault((r["accel"], r["method"]), {})[r["metric"]] = r["value"]
+    out = []
+    for e in p.entries:
+        m = idx.get((e.design.name, e.method), {})
+        out.append({"design": e.design.name, "accel": e.design.accel, "format": e.design.fmt, "method": e.method,
+                    "numerics": e.design.numerics().describe(), "note": e.design.numerics().note,
+                    **{k: m.get(k) for k in DESIGN_METRICS}})
     return out
 
 
-def _per(value, n: int):
-    return None if value is None else value / n
+DESIGN_METRICS = ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "n_samples", "accuracy_delta",
+                  "accuracy_delta_ci_low", "accuracy_delta_ci_high", "agreement", "speedup", "speedup_iso_area",
+                  "speedup_latency", "cycles", "latency_cycles", "dram_cycles", "energy_pj", "energy_pj.compute",
+                  "energy_pj.sram", "energy_pj.dram", "tops_per_w", "gops_per_mm2", "area_mm2")
 
 
-def rich_table(data: dict, p: Plan, metric_name: str):
+def original_accuracy(rows) -> dict:
+    return {r["metric"]: r["value"] for r in rows if r["accel"] == "original" and r["layer"] == results.WHOLE}
+
+
+def rich_table(data: list[dict], p: Plan, metric_name: str, original: dict):
     from rich.table import Table
 
-    t = Table(title=f"{p.model}: speed-up over dense (same format) and energy per inference, by method and "
-                    f"accelerator" + (f"; accuracy = {metric_name}" if metric_name else ""), show_lines=True)
-    t.add_column("method", style="bold")
-    t.add_column("accuracy\n(change)", justify="right")
-    keys = []
-    for a, f in p.columns:
-        t.add_column(f"{a}\n{f}", justify="right")
-        keys.append(f"{a}@{f}" if a == "dense" else a)
-    for m, rec in data.items():
-        acc, d = rec["accuracy"], rec["accuracy_delta"]
-        if acc is None:
-            acc_s = "–"
-        elif not m:
-            acc_s = f"{acc:.2f}"
+    n = original.get("n_samples")
+    title = f"{p.model}: designs as they compute" + (f"; accuracy = {metric_name}" if metric_name else "")
+    if original.get("accuracy") is not None:
+        title += (f"; original {original['accuracy']:.2f} [{original['accuracy_ci_low']:.1f}, "
+                  f"{original['accuracy_ci_high']:.1f}] on {int(n)} samples")
+        if original.get("saturated"):
+            title += " (saturated: small losses cannot show)"
+    t = Table(title=title, show_lines=False)
+    for c, j in (("design", "left"), ("method", "left"), ("format", "left"), ("accuracy\n95% CI", "right"),
+                 ("change\npaired 95% CI", "right"), ("agree", "right"), ("speed-up\nsame array", "right"),
+                 ("speed-up\niso-area", "right"), ("latency\nMcycles", "right"), ("energy /\ninference", "right"),
+                 ("TOPS/W", "right"), ("area\nmm²", "right")):
+        t.add_column(c, justify=j)
+    for r in data:
+        acc = "–" if r["accuracy"] is None else (f"{r['accuracy']:.2f}\n[{r['accuracy_ci_low']:.1f}, "
+                                                 f"{r['accuracy_ci_high']:.1f}]")
+        if r["accuracy_delta"] is None:
+            ch = "–"
         else:
-            colour = "green" if d >= 0 else "red" if d < -1 else "yellow"
-            acc_s = f"{acc:.2f}\n[{colour}]{d:+.2f}[/]"
-        cells = []
-        for a in keys:
-            c = rec["accels"].get(a)
-            if c is None or c["speedup"] is None:
-                cells.append("[dim]–[/]")
-                continue
-            e = c["energy_pj"]
-            cells.append(f"{c['speedup']:.2f}×\n[dim]{_energy(e)}[/]")
-        t.add_row(m.split(":")[0] if m else "original", acc_s, *cells)
+            d = r["accuracy_delta"]
+            colour = "green" if r["accuracy_delta_ci_low"] >= 0 else "red" if r["accuracy_delta_ci_high"] < 0 else "yellow"
+            ch = f"[{colour}]{d:+.2f}[/]\n[{r['accuracy_delta_ci_low']:+.1f}, {r['accuracy_delta_ci_high']:+.1f}]"
+        t.add_row(r["design"], r["method"].split(":")[0] if r["method"] else "", r["format"], acc, ch,
+                  _f(r["agreement"], "{:.3f}"), _f(r["speedup"], "{:.2f}×"), _f(r["speedup_iso_area"], "{:.2f}×"),
+                  _f(None if r["latency_cycles"] is None else r["latency_cycles"] / 1e6, "{:.3g}"),
+                  _energy(r["energy_pj"]), _f(r["tops_per_w"], "{:.3g}"), _f(r["area_mm2"], "{:.3g}"))
     return t
+
+
+def _f(v, fmt):
+    return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)
 
 
 def _energy(pj) -> str:

@@ -63,6 +63,7 @@ class Run:
     baseline: str | None = None
     sets: dict = field(default_factory=dict)  # {accel: {param: value}}
     seed: int = 0
+    inferences: int = 1  # inputs in the simulated batch: energy rows are per inference
 
 
 def _label(text: str) -> str:
@@ -92,10 +93,12 @@ class Simulator:
 
     def layer(self, wl: tiling.Workload, weight=None) -> dict[str, LayerResult]:
         """Every accelerator on one layer (weights ``weight`` if given, e.g. after a method)."""
-        return _timed_layer(self, wl, weight, {n: 0.0 for n in self.accels})
+        return layer_results(self, wl, weight)
 
     def energy(self, name: str, wl, res: LayerResult) -> dict:
-        return energy_mod.estimate(self.accels[name], self.cfg[name], self.fmt, wl, res)
+        """Energy per inference (the batch's over ``run.inferences`` inputs) and the batch's DRAM cycles."""
+        return energy_mod.estimate(self.accels[name], self.cfg[name], self.fmt, wl, res,
+                                   inferences=self.run.inferences)
 
     def area(self, name: str) -> float:
         return energy_mod.area_mm2(self.accels[name], self.cfg[name], self.fmt)
@@ -220,7 +223,9 @@ def simulate_model(model_spec: str, run: Run, *, activations: int = 1, progress=
     needs_acts = any(a.reads_activations(sim.cfg[n], sim.fmt) for n, a in sim.accels.items())
     # a weights file has no architecture to run: its layers have shapes only where the file says so, and the
     # designs that read activations say clearly that they need a built-in model
-    m = model_mod.load(model_spec, activations=activations if (needs_acts and model_spec in BUILTINS) else 0)
+    with_acts = needs_acts and model_spec in BUILTINS
+    m = model_mod.load(model_spec, activations=activations if with_acts else 0)
+    sim.run.inferences = max(int(activations), 1) if with_acts else 1
     layers = [layer for layer in m.layers if layer.kind in ("conv", "linear")]
     if not layers:
         raise UserError(f"{model_spec} has no conv or linear layers to simulate")
@@ -238,7 +243,7 @@ def simulate_model(model_spec: str, run: Run, *, activations: int = 1, progress=
         wl = tiling.from_layer(layer)
         info.append({"name": wl.name, "kind": wl.kind, "shape": wl.describe(), "macs": wl.macs})
         for key, ws in method_weights.items():
-            res = _timed_layer(sim, wl, None if ws is None else ws[i], seconds)
+            res = layer_results(sim, wl, None if ws is None else ws[i], seconds=seconds)
             lr = layer_rows(sim, m.name, key, wl, res)
             per_method_rows[key].extend(lr)
             rows.extend(lr)
@@ -253,8 +258,12 @@ def simulate_model(model_spec: str, run: Run, *, activations: int = 1, progress=
                 k: v for k, v in sim.cfg[n].items() if k != "format"}} for n, a in sim.accels.items()}}
 
 
-def _timed_layer(sim: Simulator, wl, weight, seconds: dict) -> dict:
-    wcache, acache, out = {}, {}, {}
+def layer_results(sim: Simulator, wl, weight=None, acache: dict | None = None, seconds: dict | None = None) -> dict:
+    """Every accelerator of ``sim`` on one layer (weights ``weight`` if given, e.g. after a method). Packed
+    weights are shared by the designs that read the same lanes; ``acache`` shares packed activations between
+    calls on the same layer (several methods); ``seconds`` accumulates time per accelerator."""
+    wcache, out = {}, {}
+    acache = {} if acache is None else acache
     for n, a in sim.accels.items():
         t0 = time.perf_counter()
         cfg = sim.cfg[n]
@@ -275,5 +284,6 @@ def _timed_layer(sim: Simulator, wl, weight, seconds: dict) -> dict:
                 acache[as_] = pack_acts(wl, as_)
             ap = acache[as_]
         out[n] = a.simulate(wl, wp, ap, cfg)
-        seconds[n] += time.perf_counter() - t0
+        if seconds is not None:
+            seconds[n] = seconds.get(n, 0.0) + time.perf_counter() - t0
     return out

@@ -508,13 +508,14 @@ def _simulate_setting(model: str, layers, weights: dict, s: Setting, seed: int, 
     from . import simulate as sim_mod
     from .accel import tiling
 
-    sim = sim_mod.Simulator(sim_mod.Run(accels=list(s.accels), fmt=s.format, seed=seed))
+    n = next((int(L.activation.shape[0]) for L in layers if getattr(L, "activation", None) is not None), 1)
+    sim = sim_mod.Simulator(sim_mod.Run(accels=list(s.accels), fmt=s.format, seed=seed, inferences=n))
     per_label: dict[str, list] = {k: [] for k in weights}
     for i, L in enumerate(layers):
         wl = tiling.from_layer(L)
         acache: dict = {}
         for label, ws in weights.items():
-            res = _sim_layer(sim, sim_mod, wl, None if ws is None else ws[i], acache)
+            res = sim_mod.layer_results(sim, wl, None if ws is None else ws[i], acache)
             per_label[label] += sim_mod.layer_rows(sim, model, label, wl, res, group=s.group)
         say((i + 1) / len(layers))
     rows = []
@@ -522,29 +523,6 @@ def _simulate_setting(model: str, layers, weights: dict, s: Setting, seed: int, 
         rows += lr
         rows += sim_mod.whole_rows(sim, model, label, lr, group=s.group)
     return rows
-
-
-def _sim_layer(sim, sim_mod, wl, weight, acache: dict) -> dict:
-    """Simulator.layer, with the packed activations shared by every method of the layer."""
-    out, wcache = {}, {}
-    for n, a in sim.accels.items():
-        cfg = sim.cfg[n]
-        ws = a.weight_spec(cfg, sim.fmt, wl)
-        wp = None
-        if ws is not None:
-            if ws not in wcache:
-                wcache[ws] = sim_mod.pack_weights(wl, ws, weight)
-            wp = wcache[ws]
-        as_ = a.act_spec(cfg, sim.fmt, wl)
-        ap = None
-        if as_ is not None:
-            if wl.activation is None:
-                raise UserError(f"{n} reads the input activations and {wl.name} has none captured")
-            if as_ not in acache:
-                acache[as_] = sim_mod.pack_acts(wl, as_)
-            ap = acache[as_]
-        out[n] = a.simulate(wl, wp, ap, cfg)
-    return out
 
 
 def resolve(spec: str, fmt: str | None, group: int | None):
