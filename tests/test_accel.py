@@ -570,7 +570,7 @@ def test_weight_reads_only_from_rows_with_filters(accel, fmt):
                               np.abs(rng.normal(size=(1, 32, 8, 8))).astype(np.float32), padding=1, groups=32)
     got = set()
     for rows in (16, 4, 1):
-        sets = {"dataflows": f"8x{rows}x1", "reconfigurable": False} if accel == "bitwave" else {"rows": rows}
+        sets = {"rows": rows}
         sim = Simulator(Run(accels=[accel], fmt=fmt, sets={accel: sets}))
         got.add(sim.layer(wl)[accel].events["sram_w_bits"])
     assert len(got) == 1

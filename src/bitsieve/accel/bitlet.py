@@ -25,6 +25,15 @@ is not aligned, so its cycles are exact and need no activations.
 
 Formats: fp32 (and bf16/fp16 data, which the fp32 PE runs as fp32 words), fixed point up to 25 bits
 (24-bit magnitudes). The RTL's ``prune`` mask (24 bits, bit s enables plane s) is the ``prune`` parameter.
+
+BitSim's Bitlet (``sim/sim/bitlet.py`` at yc2367/BitSim 6845fad, the BBS authors' model, run by
+``sim/test_bitlet.py`` as ``Bitlet(8, 8, 32, [2, 16])``) is reproduced exactly by ``count`` = ``ones``
+(each significance engine takes one essential bit per cycle: N = the most ones in any plane of the
+group, no check window), ``int_planes`` = ``twos`` (all 8 two's-complement planes, the sign plane
+included, as BitSim's ``int_to_twosComplement``), ``variant`` = ``pipelined``, ``group`` = 32, ``rows`` = 2,
+``columns`` = 16 (tests/test_bitsim_parity.py checks every layer of lenet-mnist and mtcnn-rnet). With
+``variant`` = ``rtl`` the same groups cost N + 16 each plus the 5-cycle tail. The defaults stay the
+published RTL (check window, sign-magnitude).
 """
 from __future__ import annotations
 
@@ -78,6 +87,9 @@ class Bitlet(WeightSerial):
             raise UserError("bitlet.group is at most 64 (N_total)")
         if cfg["samples"] < 0:
             raise UserError("bitlet.samples must be >= 0 (0 = every tile step, exact)")
+        if cfg["int_planes"] == "twos" and cfg["count"] != "ones":
+            raise UserError("bitlet.int_planes=twos is BitSim's model and needs bitlet.count=ones "
+                            "(the RTL check window reads sign-magnitude planes)")
 
     needs_activations = True  # with product alignment of float data (see reads_activations)
 
@@ -87,6 +99,8 @@ class Bitlet(WeightSerial):
     def pack_format(self, fmt, cfg):
         if fmt.is_float:
             return formats.get("fp32")
+        if cfg.get("int_planes") == "twos":  # BitSim: two's-complement planes, sign plane included
+            return fmt if fmt.twos else formats.get(fmt.name + "tc")
         if fmt.twos:
             return formats.get(fmt.name[:-2])
         return fmt
@@ -108,11 +122,15 @@ class Bitlet(WeightSerial):
         """N per group from [n, nbits] plane words (enabled planes only; enabled planes beyond the data's
         width are all-zero and cost 8 each)."""
         nb = words.shape[1]
-        cw = checkwindow_cycles(words, cfg["window"], cfg["n_calc"])
+        ones = cfg.get("count") == "ones"
+        if ones:  # BitSim: one essential bit per engine per cycle
+            cw = np.bitwise_count(words).astype(np.int64)
+        else:
+            cw = checkwindow_cycles(words, cfg["window"], cfg["n_calc"])
         en = ((cfg["prune"] >> np.arange(nb)) & 1).astype(bool)
         cw = np.where(en[None, :], cw, 0)
         n = cw.max(axis=1, initial=0)
-        if (cfg["prune"] >> nb) & 0xFFFFFF:
+        if not ones and (cfg["prune"] >> nb) & 0xFFFFFF:
             zero_cost = checkwindow_cycles(np.zeros(1, np.uint64), cfg["window"], cfg["n_calc"])[0]
             n = np.maximum(n, zero_cost)
         return n, cw

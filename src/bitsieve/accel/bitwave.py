@@ -1,15 +1,28 @@
 """BitWave (Shi et al., HPCA'24, "Exploiting Column-Based Bit-Level Sparsity for Deep Learning
 Acceleration") as the BBS authors re-implemented it.
 
-Source: BitSim ``sim/sim/bitwave.py`` (cycles per group = number of non-zero magnitude columns of the
-sign-magnitude weights, the sign column free; per tile the maximum over the PE rows; the reconfigurable
-dataflows (group, rows, columns) in {(8,32,16), (16,32,8), (32,32,4), (128,8,1), (16,64,1), (32,32,1),
-(16,1,16)}, the fastest chosen per layer) and ``hardware/scheduler_bitwave.v`` (a priority encoder emits the
-next non-zero column), methods.md 8.1. Confidence: reference code (the BBS authors' re-implementation; the
-original's group size and index format are not public).
+Source: BitSim ``sim/sim/bitwave.py`` at yc2367/BitSim 6845fad (``_count_zero_bit_column`` and
+``_calc_cycle_*``), ``hardware/scheduler_bitwave.v`` (a priority encoder emits the next non-zero column),
+methods.md 8.1. Confidence: reference code (the BBS authors' re-implementation; the original's group size and
+index format are not public).
 
-The bit-flip that creates zero columns is a method (``--method bitwave:k=4``); this model costs whatever
-columns are non-zero in the planes it is given.
+Cycles of a tile (``count`` = ``bitsim``, the default): per PE row, the number of non-zero bit columns of its
+group's 8-bit sign-magnitude weights, the sign column included; the tile takes the slowest row, minus one
+(BitSim returns ``max(columns) - 1``). ``count`` = ``magnitude`` is the reading of the paper that the sign
+column is free: non-zero magnitude columns, no minus one. (The two agree on a group holding a negative
+weight and differ by one cycle on a group of non-negative weights.) A tile of all-zero weights costs 0
+(BitSim's rule would give -1 there; no tested layer has one). Per layer: tile cost x ceil(ow / C) x oh, as
+every BitSim weight-serial model.
+
+Dataflow: BitSim's own evaluation (``sim/test_bitwave.py``: ``Bitwave(w_prec, 8, 8, [32, 16],
+en_bitflip=True, en_config_dataflow=False)``) runs the fixed 8-lane x 32-row x 16-column array, our default
+(``group`` x ``rows`` x ``columns``). ``reconfigurable`` = true is BitWave's dynamic dataflow as BitSim
+implements it behind ``en_config_dataflow``: the fastest of ``dataflows`` (group, rows, columns) in
+{(8,32,16), (16,32,8), (32,32,4), (128,8,1), (16,64,1), (32,32,1), (16,1,16)} per layer.
+
+The bit-flip that creates zero columns is a method (``--method bitwave:k=4``; BitSim flips inside the
+simulator with groups of 32, ``w_prec`` = 8 - k); this model costs whatever columns are non-zero in the
+planes it is given.
 """
 from __future__ import annotations
 
@@ -39,8 +52,9 @@ def parse_dataflows(text: str) -> list[tuple[int, int, int]]:
 
 class BitWave(WeightSerial):
     """BitWave (HPCA'24): bit-column-serial weights, all-zero columns of a group skipped, the slowest PE
-    row sets each tile; reconfigurable dataflow chosen per layer. Source: BitSim sim/sim/bitwave.py (BBS
-    authors' re-implementation). Confidence: reference code. Formats: fixed point (sign-magnitude)."""
+    row sets each tile (BitSim: non-zero columns with the sign, minus one); fixed 8x32x16 dataflow as BitSim's
+    evaluation, reconfigurable per layer as an option. Source: BitSim sim/sim/bitwave.py (BBS authors'
+    re-implementation). Confidence: reference code. Formats: fixed point (sign-magnitude)."""
 
     name = "bitwave"
     formats = ("int",)
@@ -54,8 +68,15 @@ class BitWave(WeightSerial):
         if cfg["group"] != 8:
             raise UserError("bitwave.group is the packing unit of the dataflows and must be 8")
 
+    def flows(self, cfg) -> list[tuple[int, int, int]]:
+        """The dataflows tried per layer: all of ``dataflows`` when reconfigurable, else the fixed array
+        (BitSim's ``[8] + pe_array_dim``)."""
+        if cfg["reconfigurable"]:
+            return parse_dataflows(cfg["dataflows"])
+        return [(cfg["group"], cfg["rows"], cfg["columns"])]
+
     def hw_lanes(self, cfg) -> int:
-        return max(g * r * c for g, r, c in parse_dataflows(cfg["dataflows"]))
+        return max(g * r * c for g, r, c in self.flows(cfg))
 
     def units(self, cfg, fmt):
         return self.hw_lanes(cfg) * self.width(fmt)
@@ -68,16 +89,20 @@ class BitWave(WeightSerial):
         fmt = formats.get(cfg["format"])
         lay = tiling.layout(wl, 8, cfg["layout"])
         O = wl.out_ch
-        m8 = nonzero_mask(wplanes.words).reshape(O, -1)  # non-zero magnitude columns per 8-group
+        m8 = nonzero_mask(wplanes.words)  # non-zero magnitude columns per 8-group
+        bitsim = cfg["count"] == "bitsim"
+        if bitsim:  # the sign column counts too
+            nb = wplanes.words.shape[1]
+            m8 = m8 | (((wplanes.signs & wplanes.valid) != 0).astype(np.int64) << nb)
+        m8 = m8.reshape(O, -1)
         if lay.mode == "channel":
             m8 = m8.reshape(O, wl.taps, -1)
         elif lay.mode == "tap":
             m8 = m8.reshape(O, wl.cw, -1)
         else:
             m8 = m8.reshape(O, 1, -1)
-        flows = parse_dataflows(cfg["dataflows"]) if cfg["reconfigurable"] else parse_dataflows(cfg["dataflows"])[:1]
         best = None
-        for g, R, C in flows:
+        for g, R, C in self.flows(cfg):
             k = g // 8
             n = m8.shape[2]
             nn = ceil_div(n, k) * k
@@ -85,11 +110,13 @@ class BitWave(WeightSerial):
             mask = np.bitwise_or.reduce(m, axis=3).reshape(O, -1)
             cost = np.bitwise_count(mask.astype(np.uint64)).astype(np.int64)
             t, rep = tiling.bitsim_tiles(cost, wl, R, C)
+            if bitsim:  # BitSim: max over the rows minus one (an all-zero tile: 0, not -1)
+                t = np.maximum(t - 1, 0)
             cyc = float(t.sum()) * rep
             if best is None or cyc < best[0]:
                 best = (cyc, (g, R, C), cost, t, rep)
         cycles, (g, R, C), cost, t, rep = best
-        per_row = tiling.row_blocks(cost, wl, R)
+        per_row = tiling.row_blocks(np.maximum(cost - 1, 0) if bitsim else cost, wl, R)
         B = self.width(fmt)
         eff = float(np.bitwise_count(wplanes.words).sum()) * wl.batch * wl.windows * B
         ev = self.events(wl, {**cfg, "rows": R, "columns": C, "group": g}, fmt, cycles, t.size, rep,
