@@ -513,3 +513,26 @@ def test_bitlet_emulation_keeps_other_ops_and_restores():
     with pytest.raises(UserError):
         with emulate(group=0):
             pass
+
+
+def test_bitlet_emulator_cache_never_serves_a_freed_tensor():
+    """Weight decompositions are cached per tensor: a temporary freed after use must not hand its cached
+    weights to a later tensor that CPython gives the same id (allocations of one size reuse memory)."""
+    import gc
+
+    from bitsieve.methods.bitlet import Emulator
+
+    em = Emulator(group=8)
+    x = torch.randn(3, 16)
+    gen = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(12):
+        w = torch.randn(4, 16, generator=gen)
+        seen.add(id(w))
+        got = em.linear(x, w)
+        want = Emulator(group=8).linear(x, w)  # a fresh cache
+        assert torch.equal(got, want)
+        del w
+        gc.collect()
+    assert len(em._cache) <= 1  # entries of freed tensors are dropped
+    assert len(seen) < 12  # ids were reused, so the check above exercised the collision

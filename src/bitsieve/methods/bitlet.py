@@ -35,6 +35,7 @@ multiply-add), so one AVX2 core emulates a few GMAC/s.
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import numba as nb
 import numpy as np
@@ -581,11 +582,20 @@ def _groups(taps: int, chans: int, group: int, grouping: str) -> tuple[np.ndarra
     return starts, np.tile(np.minimum(group, chans - j), taps)
 
 
+def _drop(emulator_ref, key) -> None:
+    """Finaliser of a cached weight tensor: forget its entry (if the emulator still exists)."""
+    em = emulator_ref()
+    if em is not None:
+        em._cache.pop(key, None)
+
+
 class Emulator:
     """Runs conv2d/linear calls through the Bitlet numerics (see the module docstring).
 
     ``prune``, ``strict_ieee``, ``group`` (<= 64 pairs) and ``grouping`` as in the method's parameters.
-    Weight decompositions are cached per weight tensor (and its in-place version)."""
+    Weight decompositions are cached per weight tensor (and its in-place version). An entry lives exactly as
+    long as its tensor: it is dropped when the tensor is freed (so a later tensor that gets the same ``id``
+    never finds it) and a hit is checked to be the very tensor it was made from."""
 
     def __init__(self, prune: int = ALL_CHANNELS, strict_ieee: bool = False, group: int = 64,
                  grouping: str = "tap"):
@@ -602,9 +612,13 @@ class Emulator:
 
     def _weights(self, w: torch.Tensor, key: str, make):
         k = (id(w), w._version, key)
-        if k not in self._cache:
-            self._cache[k] = make(w.detach().float().cpu().numpy())
-        return self._cache[k]
+        hit = self._cache.get(k)
+        if hit is not None and hit[0]() is w:
+            return hit[1]
+        value = make(w.detach().float().cpu().numpy())
+        self._cache[k] = (weakref.ref(w), value)
+        weakref.finalize(w, _drop, weakref.ref(self), k)
+        return value
 
     def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
         """Emulated F.linear: groups of ``group`` along the input features."""
