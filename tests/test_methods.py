@@ -536,3 +536,12 @@ def test_bitlet_emulator_cache_never_serves_a_freed_tensor():
         gc.collect()
     assert len(em._cache) <= 1  # entries of freed tensors are dropped
     assert len(seen) < 12  # ids were reused, so the check above exercised the collision
+
+
+def test_bbs_beta_does_not_round_by_default():
+    """The authors' pruner (BitSim software/Pruner/channel.py) keeps the top share without rounding each layer's
+    count to the 32 channels processed in parallel; rounding stays a parameter."""
+    s = np.arange(100, dtype=float)
+    assert parse_spec("bbs").params["channels"] == 1
+    assert sensitive_channels(s, 0.1).sum() == 10
+    assert sensitive_channels(s, 0.1, channels=32).sum() == 32

@@ -21,8 +21,13 @@ two's-complement format.
 
 ``beta``: the hardware-aware global pruning of Algorithm 2: the output channels with the largest
 per-channel quantisation scale (outliers, sensitive) are kept at full precision: the top ``beta`` share of
-all channels of the model (of the tensor when applied alone), rounded up per layer to a multiple of
-``channels`` (CH = 32, the channels processed in parallel).
+all channels of the model (of the tensor when applied alone). ``channels`` rounds each layer's count up to
+a multiple of it; the default 1 does not round, as the authors' code: BitSim 6845fad
+``software/Pruner/channel.py`` ranks 1/scale over every layer and keeps the channels above the global
+threshold, its rounding to groups of 32 (``structured``) commented out. (That code keeps the channels
+strictly above the int(N x beta)-th largest score, one fewer than the top share we keep, and gives no
+channel of a per-tensor-scaled or linear layer the full precision; ``channels`` = 32 is the paper's CH,
+the channels processed in parallel.)
 """
 from __future__ import annotations
 
@@ -38,9 +43,10 @@ MODES = ("rounded", "zeropoint")
 
 
 def sensitive_channels(scales: np.ndarray, beta: float, threshold: float | None = None,
-                       channels: int = 32) -> np.ndarray:
+                       channels: int = 1) -> np.ndarray:
     """bool [O]: the channels kept at full precision. ``threshold``: a global scale threshold (model-wide
-    ranking); without it the top ``beta`` share of this tensor. The count is rounded up to ``channels``."""
+    ranking); without it the top ``beta`` share of this tensor. The count is rounded up to a multiple of
+    ``channels`` (1: not rounded, the reference code's choice)."""
     s = np.asarray(scales, dtype=np.float64).reshape(-1)
     o = s.size
     if beta <= 0 or o == 0:
@@ -118,7 +124,7 @@ def zero_point_shift(q: np.ndarray, valid: np.ndarray, w: int, k: int, const_bit
 
 
 def bbs(p: Planes, *, k: int = 2, mode: str = "rounded", beta: float = 0.1, group: int = 32,
-        format: str = "int8", const_bits: int = 5, channels: int = 32, layout: str = "auto", acts=None,
+        format: str = "int8", const_bits: int = 5, channels: int = 1, layout: str = "auto", acts=None,
         sensitive=None) -> Planes:
     """Binary pruning of every non-sensitive group (module docstring). ``sensitive``: bool [O] from the
     model-wide ranking; None ranks within this tensor by its per-channel scales."""
@@ -164,8 +170,8 @@ PARAMS = (
     Param("group", "int", 32, "weights per group (the BBS encoding's 32)", lo=1, hi=64),
     Param("format", "str", "int8", "integer width (two's complement, per-channel quantised): int<b>"),
     Param("const_bits", "int", 5, "zeropoint: bits of the shift constant c (code 5, paper 6)", lo=1, hi=8),
-    Param("channels", "int", 32, "sensitive-channel count per layer rounded up to a multiple of this (CH)",
-          lo=1, hi=4096),
+    Param("channels", "int", 1, "sensitive-channel count per layer rounded up to a multiple of this (1 = no "
+          "rounding, the authors' code; 32 = the paper's CH)", lo=1, hi=4096),
     LAYOUT,
 )
 
