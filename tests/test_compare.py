@@ -1,94 +1,108 @@
-"""`bitsieve compare` on a small real model: one table, one report, numbers that agree with the other commands."""
+"""`bitsieve compare`: designs with their own numerics, accuracy as they compute, paired intervals, numbers that
+agree with the other commands."""
 import json
-import math
 
+import numpy as np
 import pytest
 
-from bitsieve import compare, results
+from bitsieve import compare, designs, evaluate, results
 from bitsieve.cli import main
 
-MODEL = "mtcnn-rnet"
+MODEL = "lenet-mnist"
+LIMIT = 1000
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    """compare on mtcnn-rnet: two methods, three accelerators, accuracy on the 200 real LFW crops, one process."""
+    """compare on lenet-mnist: BitX at keep 1 (a real accuracy loss), BitWave with its bit-flip method."""
     d = tmp_path_factory.mktemp("cmp")
     report, csv = d / "r.html", d / "rows.csv"
-    args = ["compare", MODEL, "--method", "bitx", "--method", "bitwave:k=3", "--accel", "stripes,bitx,bitwave",
-            "--limit", "200", "-o", str(report), "--csv", str(csv), "--workers", "1", "--json"]
+    args = ["compare", MODEL, "--accel", "bitx,bitwave", "--set", "bitx.keep=1", "--method", "bitwave:k=3",
+            "--no-curves", "--limit", str(LIMIT), "-o", str(report), "--csv", str(csv), "--workers", "1", "--json"]
     return args, report, csv
 
 
-def test_compare_json_table_and_report(small, capsys):
+def _by(out):
+    return {(r["design"], r["method"]): r for r in out["designs"]}
+
+
+def test_compare_reports_designs_as_they_compute(small, capsys):
     args, report, csv = small
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["model"] == MODEL and out["report"] == str(report) and out["limit"] == 200
-    assert out["accelerators"] == {"dense": "fp32", "stripes": "int16", "bitx": "fp32", "bitwave": "int8"}
-    res = out["results"]
-    assert list(res) == ["", "bitx", "bitwave:k=3"]
-    for m, rec in res.items():
-        assert 0 <= rec["accuracy"] <= 100
-        assert rec["accuracy_delta"] == pytest.approx(rec["accuracy"] - res[""]["accuracy"])
-        for key, c in rec["accels"].items():
-            assert c["speedup"] > 0 and c["energy_pj"] > 0
-            if c["accel"] == "dense":
-                assert c["speedup"] == 1.0
-    # dense baselines, one per format the accelerators use
-    assert {k for k in res[""]["accels"] if k.startswith("dense")} == {"dense@int16", "dense@fp32", "dense@int8"}
-    # BitWave's bit-flip makes zero columns that the BitWave accelerator skips
-    assert res["bitwave:k=3"]["accels"]["bitwave"]["speedup"] > res[""]["accels"]["bitwave"]["speedup"]
+    by = _by(out)
+    assert set(by) == {("dense@fp32", ""), ("dense@int8", ""), ("bitx[keep=1]", ""), ("bitwave", ""),
+                       ("bitwave", "bitwave:k=3")}
+    orig = out["original"]
+    assert orig["n_samples"] == LIMIT and orig["accuracy_ci_low"] < orig["accuracy"] < orig["accuracy_ci_high"]
+    bx = by[("bitx[keep=1]", "")]
+    # the BitX design at keep=1 runs the keep-1 model: the accuracy of that model, not the original's
+    ev = evaluate.evaluate(MODEL, ["bitx:keep=1"], limit=LIMIT)
+    assert bx["accuracy"] == pytest.approx(ev["variants"][1]["value"])
+    assert bx["accuracy"] < orig["accuracy"] - 1.0 and bx["accuracy_delta_ci_high"] < 0
+    assert bx["n_samples"] == LIMIT and 0 < bx["agreement"] < 1
+    assert bx["accuracy_delta_ci_low"] <= bx["accuracy_delta"] <= bx["accuracy_delta_ci_high"]
+    # dense at fp32 computes exactly as the original model
+    d = by[("dense@fp32", "")]
+    assert d["accuracy"] == orig["accuracy"] and d["agreement"] == 1.0 and d["speedup"] == 1.0
+    # the bit-flip makes zero columns that the BitWave design skips, and costs accuracy on the int8 model
+    bw, bwk = by[("bitwave", "")], by[("bitwave", "bitwave:k=3")]
+    assert bwk["speedup"] > bw["speedup"] > 1.0
+    for r in out["designs"]:
+        assert r["energy_pj"] > 0 and r["latency_cycles"] * 2 >= r["cycles"] and r["tops_per_w"] > 0
     html = report.read_text()
-    assert html.count("data:image/png;base64,") >= 10 and "Pareto" in html
+    assert "data:image/png;base64," in html
     rows = results.load(csv)
-    assert {(r["format"], r["group"]) for r in rows} == {("int16", 64), ("fp32", 64), ("int8", 64)}
     keys = [results.key(r) for r in rows]
     assert len(keys) == len(set(keys))
-    # a second run never overwrites the report without --force
-    assert main(args) == 2
+    assert main(args) == 2  # never overwrites the report without --force
     assert "exists" in capsys.readouterr().err
 
 
-def test_compare_agrees_with_simulate_and_eval(small):
-    """The same numbers as `bitsieve simulate` and `bitsieve eval` compute on their own."""
-    from bitsieve import evaluate
+def test_compare_agrees_with_simulate(small):
+    """Cycles and per-inference energy are `bitsieve simulate`'s on the same batch of 2 captured inputs
+    (Bitlet reads activations, so simulate captures them for the run)."""
     from bitsieve import simulate as sim
 
     _, _, csv = small
     rows = results.load(csv)
-    sp = results.pivot(rows, "speedup")
-    one = sim.simulate_model(MODEL, sim.Run(accels=["bitx"], fmt="fp32"), activations=2)
-    want = {r["method"]: r["value"] for r in one["rows"]
-            if r["layer"] == "*" and r["accel"] == "bitx" and r["metric"] == "speedup"}
-    assert sp[(MODEL, "", "bitx", "fp32", 64)] == pytest.approx(want[""], rel=1e-12)
-    # the table's energy is per inference: Stripes simulated on a batch of 2 real inputs, halved
-    two = sim.simulate_model(MODEL, sim.Run(accels=["stripes"], fmt="int16"), activations=2)
-    energy = {r["method"]: r["value"] for r in two["rows"]
-              if r["layer"] == "*" and r["accel"] == "stripes" and r["metric"] == "energy_pj"}
-    pl = compare.plan(MODEL, methods=["bitx", "bitwave:k=3"], accels=["stripes", "bitx", "bitwave"], limit=200)
-    assert pl.activations == 2
-    table = compare.table_data(rows, pl)
-    assert table[""]["accels"]["stripes"]["energy_pj"] == pytest.approx(energy[""] / 2, rel=1e-12)
-    ev = evaluate.evaluate(MODEL, ["bitwave:k=3"], limit=200)
-    acc = results.pivot(rows, "accuracy")
-    assert acc[(MODEL, "", "", "fp32", 64)] == pytest.approx(ev["original"])
-    assert acc[(MODEL, "bitwave:k=3", "", "fp32", 64)] == pytest.approx(ev["variants"][1]["value"])
+    got = {(r["accel"], r["metric"]): r["value"] for r in rows if r["layer"] == "*" and r["method"] == ""}
+    one = sim.simulate_model(MODEL, sim.Run(accels=["bitx", "bitlet"], fmt="fp32", sets={"bitx": {"keep": "1"}}),
+                             activations=2)
+    want = {r["metric"]: r["value"] for r in one["rows"]
+            if r["layer"] == "*" and r["accel"] == "bitx" and r["method"] == ""}
+    assert got[("bitx[keep=1]", "cycles")] == want["cycles"]
+    assert got[("bitx[keep=1]", "energy_pj")] == pytest.approx(want["energy_pj"], rel=1e-12)
+    assert got[("bitx[keep=1]", "latency_cycles")] >= want["cycles"] / 2  # per inference, DRAM included
 
 
-def test_compare_plan_covers_everything():
-    from bitsieve import methods
-    from bitsieve.accel import ACCELERATORS
+def test_plan_shows_methods_only_where_they_can_change_something():
+    p = compare.plan("efficientnet-lite0", workers=2)
+    names = {(e.design.name, e.method) for e in p.entries}
+    assert ("stripes", "") in names and not any(d == "stripes" and m for d, m in names)  # activations only
+    assert ("bitwave", "bitwave") in names and ("bitvert", "bbs") in names
+    assert not any(d == "bitx" and m == "bitwave" for d, m in names)  # an int method on an fp32 design
+    # one accuracy run per distinct numerics: the DNNsim family shares int16, BitWave/BitVert share int8
+    keys = [x[0] for u in p.units if u.kind == "accuracy" for x in u.numerics]
+    assert len(keys) == len(set(keys))
+    fixed16 = [x for u in p.units if u.kind == "accuracy" for x in u.numerics if x[1].fmt == "int16" and not x[3]]
+    assert len(fixed16) == 1
+    costs = [u.cost for u in p.units]
+    assert costs == sorted(costs, reverse=True) and p.units[0].kind == "accuracy"  # longest first
+    assert all(len(u.numerics) == 1 for u in p.units if u.kind == "accuracy" and u.numerics[0][1].forward)
+    assert p.limit == compare.quick_limit("imagenet")
+    assert {e.design.name for e in p.entries} >= {"bitx[keep=2]", "bitxpro[keep=8]"}  # knob curves
 
-    p = compare.plan("efficientnet-lite0")
-    assert p.methods == list(methods.REGISTRY) and set(p.accels) == set(ACCELERATORS)
-    assert p.limit == 50
-    kinds = [u.kind for u in p.units]
-    assert kinds[:2] == ["accuracy", "accuracy"]  # first: the slow emulated forward pass (Bitlet), on its own
-    assert p.units[0].methods == ("bitlet",) and "bitlet" not in p.units[1].methods
-    assert kinds.count("profile") == len({f for f in p.accels.values()})
-    assert {a for u in p.units if u.kind == "sim" for a in u.setting.accels} == set(ACCELERATORS) - {"dense"}
-    assert compare.native_format("bitlet") == "fp32" and compare.native_format("bitvert") == "int8"
+
+def test_paired_interval_and_agreement_from_records():
+    """The change interval is paired: identical predictions give (0, 0) and agreement 1."""
+    t = np.arange(200) % 10
+    base = evaluate.Records("m", "mnist", t.copy(), t)
+    worse = evaluate.Records("m", "mnist", np.where(np.arange(200) < 20, (t + 1) % 10, t), t)
+    c = evaluate._compare(base, base)
+    assert (c["delta_ci_low"], c["delta_ci_high"], c["agreement"]) == (0.0, 0.0, 1.0)
+    c = evaluate._compare(base, worse)
+    assert c["delta_ci_high"] < 0 and c["agreement"] == pytest.approx(0.9)
 
 
 def test_compare_user_errors(tmp_path, capsys):
@@ -98,27 +112,9 @@ def test_compare_user_errors(tmp_path, capsys):
     assert "unknown accelerator" in capsys.readouterr().err
     assert main(["compare", MODEL, "--method", "bitx:keep=99", "-o", str(tmp_path / "x.html")]) == 2
     assert "bitx" in capsys.readouterr().err
+    assert main(["compare", MODEL, "--set", "bitx.keep=0", "-o", str(tmp_path / "x.html")]) == 2
+    assert "keep" in capsys.readouterr().err
     assert main(["compare", MODEL, "--format", "fp32", "--accel", "stripes", "-o", str(tmp_path / "x.html")]) == 2
-    assert "stripes does not take fp32" in capsys.readouterr().err
+    assert "stripes does not apply to fp32" in capsys.readouterr().err
     assert not (tmp_path / "x.html").exists()
-
-
-@pytest.mark.slow
-def test_compare_everything_on_a_small_model(tmp_path, capsys):
-    """Every method at its defaults x every accelerator, two workers (the default path of the main job)."""
-    out = tmp_path / "all.html"
-    assert main(["compare", MODEL, "--limit", "200", "-o", str(out), "--json", "--workers", "2"]) == 0
-    res = json.loads(capsys.readouterr().out)
-    from bitsieve import methods
-    from bitsieve.accel import ACCELERATORS
-
-    assert list(res["results"]) == ["", *methods.REGISTRY]
-    for m, rec in res["results"].items():
-        assert rec["accuracy"] is not None
-        got = {c["accel"] for c in rec["accels"].values()}
-        if methods.REGISTRY.get(m.split(":")[0]) is not None and methods.REGISTRY[m.split(":")[0]].kind == "forward":
-            assert not got  # an emulated forward pass (Bitlet numerics): accuracy only
-        else:
-            assert got == set(ACCELERATORS)
-            assert all(c["speedup"] is not None and math.isfinite(c["speedup"]) for c in rec["accels"].values())
-    assert out.stat().st_size > 100_000
+    assert designs.native_format("bitlet") == "fp32" and designs.native_format("bitvert") == "int8"

@@ -9,7 +9,8 @@ Accuracy: every distinct numerics is run once on the same samples in the same or
 original model are paired (``evaluate._compare``: Wilson interval of the accuracy, paired bootstrap of the
 change, agreement with the original's predictions). Speed: compute cycles against the same-array dense
 reference (``speedup``), against the dense design in the same format scaled to equal area
-(``speedup_iso_area``), and ``latency_cycles`` = per layer max(compute, DRAM) (a per-layer roofline).
+(``speedup_iso_area``), and ``latency_cycles`` per inference = per layer max(compute, DRAM) (a per-layer
+roofline) over the inputs of the simulated batch; ``cycles`` rows are the batch's.
 Energy is per inference (the simulated batch's energy over its inputs).
 
 The work is cut into units that share nothing but the model (``plan`` -> ``Unit`` -> rows): one accuracy
@@ -423,19 +424,11 @@ def assemble(p: Plan, out: dict) -> list[dict]:
             add("accuracy_delta_ci_low", c["delta_ci_low"])
             add("accuracy_delta_ci_high", c["delta_ci_high"])
             add("agreement", c["agreement"])
-        for k in ("speedup", "cycles", "dram_cycles", "energy_pj", "energy_pj.compute", "energy_pj.sram",
-                  "energy_pj.dram", "area_mm2", "macs"):
-            v = whole.get((d.name, e.method, k))
-            if v is not None and k not in ("speedup",):
-                add(k, v)
-        sp = whole.get((d.name, e.method, "speedup"))
-        if sp is not None:
-            add("speedup", sp)
         lat = _latency(per_layer.get((d.name, e.method), {}))
         dense = f"dense@{d.fmt}"
         lat_d = _latency(per_layer.get((dense, ""), {}))
         if lat:
-            add("latency_cycles", lat)
+            add("latency_cycles", lat / max(p.activations, 1))  # per inference
             a, ad = whole.get((d.name, e.method, "area_mm2")), whole.get((dense, "", "area_mm2"))
             if lat_d and a and ad:
                 add("speedup_latency", lat_d / lat)
@@ -444,7 +437,7 @@ def assemble(p: Plan, out: dict) -> list[dict]:
             if en and macs:
                 ops = 2.0 * macs / max(p.activations, 1)  # per inference, a MAC = 2 ops
                 add("tops_per_w", ops / en)
-                if a:  # the simulated batch's ops over its latency at CLOCK_GHZ, per mm2
+                if a:  # the simulated batch's ops over its latency (the batch's) at CLOCK_GHZ, per mm2
                     add("gops_per_mm2", 2.0 * macs / (lat / CLOCK_GHZ) / a)
     if base is not None:
         kw = dict(method="", accel="original", format="fp32", group=0)
