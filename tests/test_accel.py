@@ -92,6 +92,32 @@ def test_bitvert_planes():
     assert cost[0] == 8
 
 
+def test_bitvert_padding_lanes_are_masked():
+    """A 3-channel 3x3 conv fills 9 of BitVert's 16 lanes (tap layout). Weights all -1 (int8: 10000001): with the
+    7 padding lanes masked, plane 0 is uniform (all ones) and planes 1-5 all zero, so 2 planes are left per
+    tile; packed as real zeros the padding would break plane 0 and cost all 8."""
+    wl = tiling.Workload.conv(-np.ones((4, 3, 3, 3), np.float32), in_hw=(5, 5))
+    r = Simulator(Run(accels=["bitvert"], fmt="int8")).layer(wl)["bitvert"]
+    assert r.cycles == 2 * r.events["tile_steps"]
+
+
+def test_bitvert_costs_wide_planes_on_the_data_width():
+    """Zero-point shifting outputs up to 2^(const_bits-1) past int8 (W'' = W' - c). Packed 2 bits wider they keep
+    their uniform low planes and are costed on the 8-bit datapath; clipped to int8 they are not. Values inside
+    int8 cost the same either way."""
+    cfg = {"max_redundant": 3, "max_pruned": 6}
+    g = np.array([128, 112, 0, 16, 48, -32, 64, -80])  # W' (multiples of 16) shifted by c = -16
+    wide = tiling.pack_lanes(g.reshape(1, 1, -1), formats.get("int10tc"))
+    clip = tiling.pack_lanes(np.clip(g, -128, 127).reshape(1, 1, -1), formats.get("int8tc"))
+    assert group_cost(wide.words, wide.valid, 10, cfg, 8)[0][0] == 4
+    assert group_cost(clip.words, clip.valid, 8, cfg)[0][0] == 8
+    rng = np.random.default_rng(0)
+    for top in (3, 20, 127):
+        v = rng.integers(-top, top + 1, size=(50, 1, 16))
+        a, b = tiling.pack_lanes(v, formats.get("int8tc")), tiling.pack_lanes(v, formats.get("int10tc"))
+        assert np.array_equal(group_cost(a.words, a.valid, 8, cfg)[0], group_cost(b.words, b.valid, 10, cfg, 8)[0])
+
+
 def test_tactical_search_map_and_promotion():
     assert [tuple(x) for x in search_map("T", 2, 5)] == [(1, -1), (1, 0), (1, 1), (1, 3), (2, -2), (2, 0), (2, 2)]
     assert [tuple(x) for x in search_map("L", 2, 2)] == [(1, -2), (1, -1), (1, 0), (2, 0)]

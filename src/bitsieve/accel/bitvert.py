@@ -5,16 +5,30 @@ Source: BBS paper sections III-IV (two's-complement weights, one plane per cycle
 two 8-lane sub-groups, each sub-group inverted when it holds more than 4 ones so at most 4 effectual bits
 remain, 4 priority encoders x 5:1 muxes; redundant sign-extension planes (up to 3, a 2-bit field) and the
 binary-pruned uniform LSB planes (all-0 or all-1, recovered through the 6-bit BBS constant) cost nothing;
-16 x 32 PE array, channel reordering groups same-precision channels), BitSim ``sim/sim/bitvert.py``
-(``_count_column_msb_clip``, ``_count_no_b2s_cycle``) and ``hardware/mac_unit_bitvert_16.v``.
-Confidence: reference code.
+16 x 32 PE array, channel reordering groups same-precision channels) and ``hardware/mac_unit_bitvert_16.v``
+of yc2367/BitSim. Confidence: reference code.
 
-Cycles per group (``mode`` = ``bbs``): the planes left after dropping the redundant MSB planes (planes equal
-to the sign plane, at most ``max_redundant``) and the uniform LSB planes (at most ``max_pruned``); every
-remaining plane takes one cycle whatever its data. Per tile the slowest row; with ``reorder`` the output
-channels are sorted by their cost before they are cut into rows (BBS channel reordering). ``mode`` =
-``zeros`` is the paper's zeros-only ablation (BitSim): per group the sum over planes of
-ceil(ones / (group / 2)), at least 1.
+What BitSim (6845fad, ``sim/sim/bitvert.py``) actually runs: its evaluation (``sim/test_bitvert.py``:
+``BitVert(8, 8, 16, [32, 16], en_bbs=True, en_ol_channel=True, en_eager_compression=True)``) never looks at
+the weights' bits: a layer costs its tile count x (s x 8 + (1 - s) x 4) cycles, s = the share of its output
+channels the sensitive-channel pruner keeps at 8 bits (a JSON file of the authors'), the other channels at 4
+(zero-point shifting with 4 pruned columns); ``_count_column_msb_clip`` is defined but never called. The
+only data-dependent rule BitSim runs is the zeros-only ablation ``_count_no_b2s_cycle`` (``en_bbs`` off):
+our ``mode`` = ``zeros``, exact to it per layer (tests/test_bitsim_parity.py, with ``reorder`` = false as
+BitSim does not reorder; the precision mix is checked there through our tiling).
+
+Cycles per group (``mode`` = ``bbs``, bitsieve's data rule for the paper's design): the planes left after
+dropping the redundant MSB planes (planes equal to the sign plane, at most ``max_redundant``) and the uniform
+LSB planes (at most ``max_pruned``); every remaining plane takes one cycle whatever its data. Per tile the
+slowest row; with ``reorder`` the output channels are sorted by their cost before they are cut into rows (BBS
+channel reordering). ``mode`` = ``zeros``: per group the sum over planes of ceil(ones / (group / 2)), at
+least 1 per tile. Padding lanes (a chunk shorter than ``group``) are masked by the planes' ``valid`` word: they
+neither break a uniform plane nor count as ones.
+
+Zero-point shifting (``bbs:mode=zeropoint``) returns W'' = W' - c, up to 2^(const_bits-1) past the w-bit
+range, whose low planes are uniform only when kept whole. Planes wider than the data format (int<w+2>tc
+packing of int<w> data) are costed against the w-bit datapath: the extra top planes are sign extension, so
+they count as redundant first; a group whose values need more than w bits gets no redundant plane.
 
 The binary pruning that creates uniform LSB planes is a method (``--method bbs:k=4``); this model costs
 whatever planes it is given. Hand-worked inversion (methods.md 8.2): plane bits [1,1,0,1,1,1,0,1] hold
@@ -38,14 +52,18 @@ def select(bits) -> tuple[bool, list[int]]:
     return inv, [i for i, x in enumerate(b) if x == (0 if inv else 1)]
 
 
-def group_cost(words: np.ndarray, valid: np.ndarray, width: int, cfg) -> tuple[np.ndarray, np.ndarray]:
-    """Cycles per group and effectual bits (min(ones, zeros) of the processed planes) in BBS mode."""
+def group_cost(words: np.ndarray, valid: np.ndarray, width: int, cfg,
+               data_width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Cycles per group and effectual bits (min(ones, zeros) of the processed planes) in BBS mode.
+    ``data_width`` (default ``width``): the datapath's bits when the planes are wider (module docstring)."""
     n = words.shape[0]
     v = valid.astype(np.uint64)
-    sign = words[:, width - 1]
+    B = width if data_width is None else int(data_width)
+    extra = max(width - B, 0)
+    sign = words[:, width - 1] & v
     red = np.zeros(n, np.int64)
     alive = np.ones(n, bool)
-    for i in range(1, cfg["max_redundant"] + 1):
+    for i in range(1, cfg["max_redundant"] + extra + 1):
         s = width - 1 - i
         if s < 0:
             break
@@ -57,8 +75,9 @@ def group_cost(words: np.ndarray, valid: np.ndarray, width: int, cfg) -> tuple[n
         w = words[:, s] & v
         alive &= (w == 0) | (w == v)
         uni += alive
-    uni = np.minimum(uni, width - 1 - red)
-    cost = width - red - uni
+    red_b = np.maximum(red - extra, 0)  # redundant planes of the w-bit datapath
+    uni = np.minimum(uni, B - 1 - red_b)
+    cost = B - red_b - uni
     ones = np.bitwise_count(words & v[:, None]).astype(np.int64)
     cnt = np.bitwise_count(v).astype(np.int64)[:, None]
     s_idx = np.arange(width)[None, :]
@@ -70,8 +89,8 @@ def group_cost(words: np.ndarray, valid: np.ndarray, width: int, cfg) -> tuple[n
 class BitVert(WeightSerial):
     """BitVert (BBS, MICRO'24): two's-complement weight planes, one plane per cycle with bi-directional
     (ones or zeros) selection; redundant sign planes and binary-pruned uniform LSB planes skipped; channel
-    reordering. Source: BBS paper + BitSim sim/sim/bitvert.py. Confidence: reference code.
-    Formats: fixed point (two's complement)."""
+    reordering. Source: BBS paper + BitSim hardware; mode=zeros is BitSim's _count_no_b2s_cycle exactly.
+    Confidence: reference code. Formats: fixed point (two's complement)."""
 
     name = "bitvert"
     formats = ("int",)
@@ -96,7 +115,7 @@ class BitVert(WeightSerial):
         words = wplanes.words
         valid = wplanes.valid
         if cfg["mode"] == "bbs":
-            cost, effb = group_cost(words, valid, b, cfg)
+            cost, effb = group_cost(words, valid, b, cfg, min(b, fmt.width))
         else:
             ones = np.bitwise_count(words & valid[:, None]).astype(np.int64)
             cost = (-(-ones // (cfg["group"] // 2))).sum(axis=1)
