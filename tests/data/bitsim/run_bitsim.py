@@ -222,12 +222,15 @@ def main():
         f" --beta {a.beta}" if a.beta != 0.1 else "")
     inputs = {n: {d["name"]: {"sha256": d["sha256"], "shape": list(d["q"].shape)} for d in ls}
               for n, ls in per_model.items()}
-    cyc = {"source": "yc2367/BitSim", "commit": git_head(a.bitsim), "command": command,
+    import torch
+
+    env = f"Python {sys.version.split()[0]}, torch {torch.__version__}, numpy {np.__version__} (CPU)"
+    cyc = {"source": "yc2367/BitSim", "commit": git_head(a.bitsim), "command": command, "environment": env,
            "int8": "bitsieve symmetric per-output-channel int8 (formats.get('int8').quantize(weight, axis=0))",
            "inputs": inputs, "bitvert_sensitive": {"beta": a.beta, "channels": sensitive},
            "configs": run_bitsim(a.bitsim, per_model, sensitive)}
     (HERE / "bitsim_cycles.json").write_text(json.dumps(cyc, indent=1) + "\n")
-    tr = {"source": "yc2367/BBS-MICRO", "commit": git_head(a.bbs), "command": command,
+    tr = {"source": "yc2367/BBS-MICRO", "commit": git_head(a.bbs), "command": command, "environment": env,
           "int8": cyc["int8"], "transforms": run_bbs(a.bbs, per_model)}
     (HERE / "bbs_micro_transforms.json").write_text(json.dumps(tr, indent=1) + "\n")
 
