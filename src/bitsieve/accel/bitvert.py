@@ -36,9 +36,11 @@ whatever planes it is given. Hand-worked inversion (methods.md 8.2): plane bits 
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
-from .. import formats
+from .. import formats, lanes
 from ..errors import UserError
 from . import tiling
 from .wserial import WeightSerial, result, row_share
@@ -96,6 +98,12 @@ class BitVert(WeightSerial):
     formats = ("int",)
 
     def pack_format(self, fmt, cfg):
+        """Two's complement; 2 bits wider than plain int<w> data once the lane packer quantises integers on
+        the data's grid and clips them to the wider format (``lanes.INTEGER_GRID``), so zero-point-shifted
+        weights (up to +-(2^(w-1) - 1 + 2^(const_bits-1))) keep their uniform low planes instead of being
+        clipped to int<w>."""
+        if getattr(lanes, "INTEGER_GRID", False) and re.fullmatch(r"int\d+(tc)?", fmt.name):
+            return formats.get(f"int{fmt.width + 2}tc")
         return fmt if fmt.twos else formats.get(fmt.name + "tc")
 
     def validate(self, cfg):
@@ -116,8 +124,8 @@ class BitVert(WeightSerial):
         valid = wplanes.valid
         if cfg["mode"] == "bbs":
             cost, effb = group_cost(words, valid, b, cfg, min(b, fmt.width))
-        else:
-            ones = np.bitwise_count(words & valid[:, None]).astype(np.int64)
+        else:  # the data's own planes (the top extra planes of a wider packing are sign extension)
+            ones = np.bitwise_count(words[:, :min(b, fmt.width)] & valid[:, None]).astype(np.int64)
             cost = (-(-ones // (cfg["group"] // 2))).sum(axis=1)
             effb = ones.sum(axis=1)
         O = wl.out_ch

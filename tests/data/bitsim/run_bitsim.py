@@ -12,9 +12,9 @@ it does not install anything. It imports the two repositories' own Python code a
   irrelevant to compute cycles) is skipped, and BitVert's sensitive-channel list (a JSON file of the authors'
   machine) is the one bitsieve's BBS method picks. A layer BitSim cannot run is recorded with its error.
 - BBS-MICRO: ``bitFlip_*``, ``roundAvg_*`` and ``zeroPointShifting_*`` on the same int8 weights; their outputs
-  are stored exactly (the change from the input, int16, zlib + base64; larger layers as the output's sha256). Conv weights are handed over in channels-last memory (same
-  values): the code ``.view()``s the permuted [K, H, W, C] weight, which torch refuses for a contiguous
-  [K, C, H, W] tensor.
+  are stored exactly (the change from the input, int16, zlib + base64; larger layers as the output's sha256).
+  Conv weights are handed over in channels-last memory (same values): the code ``.view()``s the permuted
+  [K, H, W, C] weight, which torch refuses for a contiguous [K, C, H, W] tensor.
 
 The int8 integers are bitsieve's symmetric per-output-channel quantisation (methods.md decision 2); each layer's
 sha256 is stored so a test can tell a changed input from a changed rule.
