@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from . import tiling
 from .base import Accelerator, LayerResult, ceil_div
+from .energy import filter_passes, sram_operand_bits
 
 
 class Dense(Accelerator):
@@ -52,8 +53,8 @@ class Dense(Accelerator):
         units = self.units(cfg, fmt)
         steps = cycles
         ev = {"pe_cycles": cycles * self.n_pe(cfg), "macs": layer.macs, "tile_steps": steps,
-              "sram_w_bits": steps * min(layer.og, cfg["rows"] * cfg["tiles"]) * cfg["lanes"] * B,
-              "sram_a_bits": steps * cfg["lanes"] * B}
+              **sram_operand_bits(layer, layer.batch * layer.windows,
+                                  filter_passes(layer, cfg["rows"] * cfg["tiles"]), B)}  # one window per step
         util = layer.macs / max(cycles * cfg["lanes"] * self.n_pe(cfg), 1)
         return LayerResult(cycles, units, float(layer.macs) * B * B, ev,
                            "no sparsity exploited: only idle lanes/rows lose time", 1.0 - util,

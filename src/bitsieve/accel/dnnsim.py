@@ -17,6 +17,7 @@ from .. import formats
 from ..planes import Planes, _bits
 from . import tiling
 from .base import Accelerator, LayerResult, PackSpec
+from .energy import sram_operand_bits
 
 
 def sign_magnitude(fmt: formats.Format) -> formats.Format:
@@ -52,14 +53,12 @@ class DnnsimModel(Accelerator):
     # ---- shared event counts --------------------------------------------------------------------------
     def events(self, wl, cfg, fmt, cycles, st: tiling.Streams, extra=None) -> dict:
         """Energy-model counts: PE-cycles (every PE is clocked every cycle, as BitSim charges them), MACs,
-        and SRAM bits: each step every active PE row reads a weight brick and every column an activation
-        brick (DNNsim's weight/activation buffer reads)."""
-        B = self.width(fmt)
-        L, R, T, C = cfg["lanes"], cfg["rows"], cfg["tiles"], cfg["columns"]
+        and the SRAM bits of real operands (DNNsim's weight/activation buffer reads, padding not counted):
+        a weight brick once per window set of C columns, an activation brick once per filter pass."""
         steps = st.idx.shape[0] * st.idx.shape[1] * st.passes
-        rows = L if st.depthwise else min(wl.og, R * T)
+        window_sets = wl.batch * -(-wl.windows // st.idx.shape[2])
         ev = {"pe_cycles": cycles * self.n_pe(cfg), "macs": wl.macs, "tile_steps": steps,
-              "sram_w_bits": steps * rows * (1 if st.depthwise else L) * B, "sram_a_bits": steps * C * L * B}
+              **sram_operand_bits(wl, window_sets, st.passes, self.width(fmt))}
         if extra:
             ev.update(extra)
         return ev

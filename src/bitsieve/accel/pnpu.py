@@ -23,6 +23,7 @@ import numpy as np
 from .. import formats
 from . import tiling
 from .base import Accelerator, LayerResult, PackSpec, ceil_div
+from .energy import filter_passes, sram_operand_bits
 
 
 class PNPU(Accelerator):
@@ -87,7 +88,7 @@ class PNPU(Accelerator):
         nz_w = float(wnz.sum()) * wl.batch * wl.windows
         eff = {"input": nz_a, "weight": nz_w, "none": float(wl.macs)}[choice] * B * B
         ev = {"pe_cycles": cycles * self.n_pe(cfg), "macs": wl.macs, "tile_steps": c_d,
-              "sram_w_bits": c_d * R * L * B, "sram_a_bits": c_d * C * L * B,
+              **sram_operand_bits(wl, wl.batch * ceil_div(wl.windows, C), filter_passes(wl, R), B),
               "zero_act_frac": 1.0 - float(A.sum()) / max(float(Q * A.shape[1] * C * steps * L), 1.0),
               "zero_weight_frac": 1.0 - float(wnz.sum()) / max(wl.out_ch * wl.cw * wl.taps, 1)}
         util = eff / max(cycles * self.units(cfg, fmt), 1.0)

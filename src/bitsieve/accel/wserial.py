@@ -11,6 +11,7 @@ import numpy as np
 from .. import formats
 from . import tiling
 from .base import Accelerator, LayerResult, PackSpec
+from .energy import filter_passes, sram_operand_bits
 
 
 class WeightSerial(Accelerator):
@@ -47,27 +48,15 @@ class WeightSerial(Accelerator):
         return float(ntiles) * rep * slots * B * B / self.units(cfg, fmt)
 
     def events(self, wl, cfg, fmt, cycles, ntiles: float, rep: int, extra=None) -> dict:
-        """PE-cycles, MACs and SRAM bits (each tile step reads the group weights of each of its rows that
-        holds a filter once and C x group activations once, BitSim's one read per buffer per tile). The
-        ``ntiles`` tiles are [conv groups, row blocks, chunks] (``tiling.bitsim_tiles``)."""
-        B = self.width(fmt)
-        steps = ntiles * rep
-        G = cfg["group"]
-        chunks = ntiles // (wl.groups * -(-wl.og // cfg["rows"]))
-        ev = {"pe_cycles": cycles * self.n_pe(cfg), "macs": wl.macs, "tile_steps": steps,
-              "sram_w_bits": real_row_weight_bits(wl, chunks, rep, cfg, fmt),
-              "sram_a_bits": steps * cfg["columns"] * G * B}
+        """PE-cycles, MACs and the SRAM bits of real operands (``energy.sram_operand_bits``): each of the
+        ``rep`` column steps of a tile reads its rows' weights once and its C x ``group`` activations once
+        (BitSim's one read per buffer per tile), every activation once per block of ``rows`` filters; rows
+        past a layer's filters, padding lanes and columns past its edge hold nothing and are not counted."""
+        ev = {"pe_cycles": cycles * self.n_pe(cfg), "macs": wl.macs, "tile_steps": ntiles * rep,
+              **sram_operand_bits(wl, rep, filter_passes(wl, cfg["rows"]), self.width(fmt))}
         if extra:
             ev.update(extra)
         return ev
-
-
-def real_row_weight_bits(wl, chunks: int, rep: int, cfg, fmt) -> float:
-    """SRAM weight bits read: every tile step reads the ``group`` weights of each of its rows that holds a
-    filter, once per column step. Rows past a layer's filters (a depthwise conv runs one filter at a time,
-    BitSim; a small layer fills few of the ``rows``) hold no weights and read none (not 15 empty rows of 16
-    on every depthwise tile)."""
-    return float(rep) * wl.out_ch * chunks * cfg["group"] * WeightSerial.width(fmt)
 
 
 def row_share(tile_cost: np.ndarray, per_row: np.ndarray) -> float:
