@@ -206,3 +206,13 @@ def test_bbs_micro_transforms(tname):
             bad = np.count_nonzero(ours != want)
             assert bad == 0, f"{tname} {key}: {bad} of {want.size} values differ"
         assert sha(ours) == ref["output_sha256"], f"{tname} {key}"
+
+
+def test_bitsim_bitlet_parameters_refuse_what_they_cannot_model():
+    from bitsieve.errors import UserError
+    from bitsieve.simulate import Run, Simulator
+
+    wl = layers("lenet-mnist")["conv2"][0]
+    for fmt, sets in (("fp32", {"count": "ones"}), ("int8", {"int_planes": "twos"})):
+        with pytest.raises(UserError):
+            Simulator(Run(accels=["bitlet"], fmt=fmt, sets={"bitlet": sets})).layer(wl)

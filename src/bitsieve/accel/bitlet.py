@@ -140,6 +140,9 @@ class Bitlet(WeightSerial):
         fmt = formats.get(cfg["format"])
         over, tail = self.overhead(cfg, fmt)
         if self.uses_product(cfg, fmt):
+            if cfg["count"] == "ones":
+                raise UserError("bitlet.count=ones (BitSim's model) costs planes aligned without activations: "
+                                "use it with fixed point or --set bitlet.align=weight")
             return self._simulate_product(wl, fmt, cfg, over, tail)
         words = wplanes.words
         n, cw = self._n_from_planes(words, cfg)
