@@ -214,5 +214,5 @@ def test_bitsim_bitlet_parameters_refuse_what_they_cannot_model():
 
     wl = layers("lenet-mnist")["conv2"][0]
     for fmt, sets in (("fp32", {"count": "ones"}), ("int8", {"int_planes": "twos"})):
-        with pytest.raises(UserError):
+        with pytest.raises(UserError, match="count=ones"):
             Simulator(Run(accels=["bitlet"], fmt=fmt, sets={"bitlet": sets})).layer(wl)
