@@ -1,13 +1,10 @@
 """Commands registered on the bitsieve app (see cli.py): ``simulate`` and ``export-traces``."""
 from __future__ import annotations
 
-import io
 import json
 import math
-from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
 import typer
 from rich.table import Table
 
@@ -147,62 +144,63 @@ def accelerators(json_out: bool = typer.Option(False, "--json", help="Machine-re
     out.print(t)
 
 
-def _safe(name: str) -> str:
-    """DNNsim's layer-name sanitation ('/' -> '-') plus anything a file name cannot hold."""
-    return "".join(c if (c.isalnum() or c in "._-") else "-" for c in name.replace("/", "-"))
+DNNSIM_ACCELS = "dense,stripes,pragmatic,laconic,tactical"
 
 
 @app.command("export-traces")
 def export_traces(
     model: str = typer.Argument(..., help="Built-in name or a model file."),
-    dnnsim: str = typer.Option(..., "--dnnsim", help="Output folder (created; its parent must exist)."),
+    folder: Optional[str] = typer.Argument(None, help="DNNsim work folder to write (created; its parent must "
+                                           "exist)."),
+    dnnsim: Optional[str] = typer.Option(None, "--dnnsim", help="The work folder, as an option."),
+    fmt: str = typer.Option("int16", "--format", help="Fixed-point format of the traces: int16, int8, int<b> "
+                            "(b <= 16: DNNsim's traces are 16-bit)."),
+    accel: str = typer.Option(DNNSIM_ACCELS, "--accel", help="Accelerators to put in the batch file, each "
+                              "with its bitsieve parameters (dense, stripes, pragmatic, laconic, tactical)."),
+    sets: List[str] = typer.Option([], "--set", help="Override a parameter: ACCEL.PARAM=VALUE."),
     activations: int = typer.Option(1, "--activations", help="Real input samples to capture (N)."),
     force: bool = typer.Option(False, "--force", help="Overwrite files of an earlier export."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
-    """Write a model in DNNsim's input layout: model.csv (name, type conv/fc, stride, padding),
-    wgt-<layer>.npy ([K,C,R,S] or [K,C]) and act-<layer>-0.npy ([N,C,H,W] float32 input activations)."""
+    """Write a ready DNNsim work folder: models/<net>/{model.csv, precision.txt}, net_traces/<net>/ with the
+    integers bitsieve simulates (DNNsim's axis order, quantised: true), <net>.batch with bitsieve's parameters,
+    README.txt (how to run; the two DNNsim bugs to patch)."""
+    from . import formats
     from . import model as model_mod
-    from .io import write_atomic
+    from .accel import ACCELERATORS, names, parse_sets
+    from .accel import tiling
+    from .accel.dnnsim import dnnsim_experiment, export_work_folder
 
-    d = Path(dnnsim)
-    if d.exists() and not d.is_dir():
-        raise UserError(f"{d} exists and is not a folder")
-    if not d.parent.exists():
-        raise UserError(f"folder {d.parent} does not exist")
-    if (d / "model.csv").exists() and not force:
-        raise UserError(f"{d / 'model.csv'} exists (use --force to overwrite)")
+    if (folder is None) == (dnnsim is None):
+        raise UserError("give the work folder once: export-traces MODEL DIR (or --dnnsim DIR)")
+    f = formats.get(fmt)
+    if f.is_float or f.width > 16:
+        raise UserError(f"DNNsim simulates fixed point of at most 16 bits, got {f.name}")
     if activations < 1:
         raise UserError("--activations must be at least 1")
+    chosen = names(accel)
+    overrides = parse_sets(sets)
+    unknown = set(overrides) - set(chosen)
+    if unknown:
+        raise UserError(f"--set names {', '.join(sorted(unknown))}, which is not in --accel")
+    experiments, cfgs = [], {}
+    for n in chosen:
+        a = ACCELERATORS[n]
+        cfgs[n] = a.configure(overrides.get(n))
+        a.check_format(f, cfgs[n])
+        experiments.append(dnnsim_experiment(n, cfgs[n]))
     m = model_mod.load(model, activations=activations)
     layers = [layer for layer in m.layers if layer.kind in ("conv", "linear")]
     if any(layer.activation is None for layer in layers):
         raise UserError(f"{model}: activations could not be captured (DNNsim needs them; use a built-in model)")
-    d.mkdir(exist_ok=True)
-    csv_lines, params, seen = [], [], set()
-    for layer in layers:
-        name = _safe(layer.name)
-        if name in seen:
-            raise UserError(f"two layers map to the same DNNsim name {name!r}")
-        seen.add(name)
-        w = np.asarray(layer.weight, dtype=np.float32)
-        a = np.asarray(layer.activation, dtype=np.float32)
-        if layer.kind == "conv":
-            sh, sw = layer.stride
-            ph, pw = layer.padding
-            if sh != sw or ph != pw:
-                raise UserError(f"{layer.name}: DNNsim takes one stride and one padding per layer "
-                                f"(got stride {layer.stride}, padding {layer.padding})")
-            kind, stride, pad = "conv", sh, ph
-            params.append(f"{name},{w.shape[0]},{w.shape[3]},{w.shape[2]},{stride},{pad}")
-        else:
-            kind, stride, pad = "fc", 1, 0
-            a = a.reshape(-1, a.shape[-1])
-            params.append(f"{name},{w.shape[0]},1,1,1,0")
-        csv_lines.append(f"{name},{kind},{stride},{pad}")
-        for fname, arr in ((f"wgt-{name}.npy", w), (f"act-{name}-0.npy", a)):
-            buf = io.BytesIO()
-            np.save(buf, np.ascontiguousarray(arr))
-            write_atomic(d / fname, buf.getvalue(), force=True)
-    write_atomic(d / "model.csv", "\n".join(csv_lines) + "\n", force=True)
-    write_atomic(d / "trace_params.csv", "\n".join(params) + "\n", force=True)
-    out.print(f"wrote {len(layers)} layers of {m.name} to {d} (model.csv, trace_params.csv, wgt-*.npy, act-*-0.npy)")
+    workloads = [tiling.from_layer(layer) for layer in layers]
+    net = "".join(c if (c.isalnum() or c in "._-") else "-" for c in m.name)
+    prec = cfgs["stripes"]["precision"] if "stripes" in cfgs else "data"
+    summary = export_work_folder(net, workloads, f, experiments, folder or dnnsim, prec, force)
+    if json_out:
+        print(json.dumps(summary))
+        return
+    out.print(f"wrote {len(workloads)} layers of {m.name} ({f.name}) to {summary['folder']}: models/{net}, "
+              f"net_traces/{net}, {net}.batch ({', '.join(summary['experiments'])}); see README.txt")
+    for note in summary["notes"]:
+        out.print(f"note: {note}")

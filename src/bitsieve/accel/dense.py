@@ -4,7 +4,8 @@ Source: DNNsim ``core/src/DaDianNao.cpp`` (one cycle per step: every step all ti
 activation brick of ``lanes`` values by their weights) with the output-stationary schedule of
 ``core/src/OutputStationary.cpp``; ``examples/DaDianNao`` (16 lanes x 16 rows x 16 tiles). The baseline of
 Stripes (``Stripes.cpp`` ``base_cycles``: out_x * out_y * ceil(C/16) * Kx * Ky * filter sets). One window
-per step. Confidence: reference code.
+per step. Depthwise convs: ``depthwise`` = 'tiles' (bitsieve's choice: channel bricks dealt to the tiles) or
+'dnnsim' (DNNsim's mapping: one tile runs every brick in turn). Confidence: reference code.
 
 It needs no data: cycles follow from the shape. ``units`` = lanes x rows x tiles MAC units of B x B bits
 (B = 16 for int16, 24 for fp32's significand, 8 for bf16), the reference every speed-up is taken against
@@ -40,6 +41,8 @@ class Dense(Accelerator):
         if wl.depthwise:
             cb = ceil_div(wl.in_ch, L)
             per_block = wl.batch * nwin * wl.taps
+            if cfg["depthwise"] == "dnnsim":  # DNNsim: every brick in turn on one tile
+                return float(per_block * cb * wl.og)
             return tiling.round_robin([per_block] * cb, T) * wl.og
         cb = ceil_div(wl.cw, L)
         return float(wl.batch * wl.groups * nwin * wl.taps * cb * ceil_div(wl.og, R * T))

@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import formats
 from ..planes import Planes, _bits
+from ..errors import UserError
 from . import tiling
 from .base import Accelerator, LayerResult, PackSpec
 from .energy import sram_operand_bits
@@ -47,21 +48,28 @@ class DnnsimModel(Accelerator):
         """Each lane multiplies one activation bit (or term) by a B-bit weight per cycle."""
         return cfg["lanes"] * self.n_pe(cfg) * self.width(fmt)
 
-    def streams(self, wl, cfg, columns=None) -> tiling.Streams:
-        return tiling.dnnsim_streams(wl, cfg["lanes"], columns or cfg["columns"], cfg["rows"], cfg["tiles"])
+    def streams(self, wl, cfg) -> tiling.Streams:
+        return tiling.dnnsim_streams(wl, cfg["lanes"], cfg["columns"], cfg["rows"], cfg["tiles"], cfg["depthwise"])
 
     # ---- shared event counts --------------------------------------------------------------------------
     def events(self, wl, cfg, fmt, cycles, st: tiling.Streams, extra=None) -> dict:
         """Energy-model counts: PE-cycles (every PE is clocked every cycle, as BitSim charges them), MACs,
         and the SRAM bits of real operands (DNNsim's weight/activation buffer reads, padding not counted):
         a weight brick once per window set of C columns, an activation brick once per filter pass."""
-        steps = st.idx.shape[0] * st.idx.shape[1] * st.passes
+        steps = st.idx.shape[0] * st.idx.shape[1] * (st.passes if st.depthwise == "tiles" else 1)
         window_sets = wl.batch * -(-wl.windows // st.idx.shape[2])
         ev = {"pe_cycles": cycles * self.n_pe(cfg), "macs": wl.macs, "tile_steps": steps,
               **sram_operand_bits(wl, window_sets, st.passes, self.width(fmt))}
         if extra:
             ev.update(extra)
         return ev
+
+
+def data_precision(mags, signs) -> int:
+    """Bits needed by every value: highest set magnitude bit + 1, + 1 if a non-zero value is negative."""
+    mx = int(mags.max(initial=0))
+    p = max(mx.bit_length(), 1)
+    return p + int(bool(np.any(signs & (mags != 0))))
 
 
 def brick_values(aplanes: Planes) -> tuple[np.ndarray, np.ndarray]:
@@ -104,3 +112,194 @@ def result(cycles, units, effectual, events, bottleneck, share, dense=0.0, **det
 def dense_streams(st: tiling.Streams, step: float) -> float:
     """Same-dataflow dense reference: every step of every stream costs ``step`` cycles."""
     return st.combine(np.full(st.idx.shape[0], st.idx.shape[1] * step, dtype=np.float64))
+
+# ---- a ready DNNsim work folder ------------------------------------------------------------------------------
+DNNSIM_COMMIT = "4748a60"
+DNNSIM_PATCHES = (
+    "base/include/base/Network.h, Network::fixed_point(): the fixed-point network is built as "
+    "Network<uint16_t>(name, quantised, data_width, profiled) but the constructor takes (name, data_width, "
+    "profiled, quantised); swap to (name, data_width, profiled, quantised) (the width of the converted network "
+    "is otherwise 0/1: the Potentials task divides by it)",
+    "core/src/Utils.cpp: generateBoothEncodingTable and generateMinMaxTable hold 32768 entries (15-bit values) "
+    "and generateEffectualBitsTable 65535, but the fixed-point traces are 16-bit (a magnitude of 32768, a "
+    "one's-complemented value with bit 15 set) and read past the end; make all three MAX_VALUES = 65536",
+)
+_MEMORY = """        cpu_clock_freq: "1GHz"
+        dram_conf: "DDR4_3200"
+        dram_size: "16GiB"
+        gbuffer_act_levels: 1
+        gbuffer_wgt_levels: 1
+        gbuffer_act_size: "1GiB"
+        gbuffer_wgt_size: "1GiB"
+        gbuffer_act_banks: 32
+        gbuffer_wgt_banks: 256
+        gbuffer_act_bank_width: 256
+        gbuffer_wgt_bank_width: 256
+        gbuffer_act_read_delay: 2
+        gbuffer_act_write_delay: 2
+        gbuffer_wgt_read_delay: 2
+        abuffer_rows: 2
+        abuffer_read_delay: 1
+        wbuffer_rows: 2
+        wbuffer_read_delay: 1
+        obuffer_rows: 2
+        obuffer_write_delay: 1
+        composer_inputs: 256
+        composer_delay: 1
+        ppu_inputs: 16
+        ppu_delay: 1
+"""
+
+
+def dnnsim_experiment(accel: str, cfg: dict) -> tuple[str, dict]:
+    """bitsieve accelerator + configuration -> (DNNsim architecture, its batch-file parameters)."""
+    grid = {"lanes": cfg["lanes"], "columns": cfg.get("columns", 1), "rows": cfg["rows"], "tiles": cfg["tiles"],
+            "pe_width": cfg.get("pe_width", 16)}
+    tact = {"tactical": True, "lookahead_h": cfg.get("lookahead"), "lookaside_d": cfg.get("lookaside"),
+            "search_shape": cfg.get("shape")}
+    if accel == "dense":
+        return "DaDianNao", dict(grid, columns=1)
+    if accel == "stripes":
+        if cfg["precision"] == "dynamic":
+            return "ShapeShifter", dict(grid, group_size=cfg["group_size"], column_registers=cfg["column_registers"],
+                                        minor_bit=cfg["minor_bit"])
+        return "Stripes", grid
+    if accel == "pragmatic":
+        return "BitPragmatic", dict(grid, bits_first_stage=cfg["bits_first_stage"],
+                                    column_registers=cfg["column_registers"], booth_encoding=cfg["booth"])
+    if accel == "laconic":
+        return "Laconic", dict(grid, booth_encoding=cfg["booth"])
+    if accel == "tactical":
+        if cfg["backend"] == "pragmatic":
+            return "BitPragmatic", dict(grid, bits_first_stage=cfg["bits_first_stage"],
+                                        column_registers=cfg["column_registers"], booth_encoding=cfg["booth"], **tact)
+        return "ShapeShifter", dict(grid, group_size=cfg["group_size"], column_registers=cfg["group_registers"],
+                                    minor_bit=cfg["minor_bit"], **tact)
+    raise UserError(f"{accel} has no DNNsim counterpart (dense, stripes, pragmatic, laconic, tactical)")
+
+
+def _proto_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return f'"{v}"' if isinstance(v, str) else str(v)
+
+
+def batch_text(net: str, fmt: formats.Format, experiments: list[tuple[str, dict]]) -> str:
+    """A DNNsim batch file (proto text, ``proto/batch.proto``): the quantised traces of ``net`` on every
+    experiment, compute cycles of the WindowFirstOutS dataflow (memory sized never to spill: DNNsim's
+    example values)."""
+    out = ["simulate {", f'    network: "{net}"', "    batch: 0", '    model: "CSV"', '    data_type: "Fixed"',
+           f"    data_width: {fmt.width}", "    quantised: true"]
+    for arch, params in experiments:
+        out += ["    experiment {", f'        architecture: "{arch}"', '        task: "Cycles"',
+                '        dataflow: "WindowFirstOutS"']
+        out += [f"        {k}: {_proto_value(v)}" for k, v in params.items()]
+        out += [_MEMORY.rstrip("\n"), "    }"]
+    return "\n".join(out + ["}"]) + "\n"
+
+
+def layer_integers(wl: tiling.Workload, fmt: formats.Format) -> tuple[np.ndarray, np.ndarray]:
+    """The integers the DNNsim models simulate: weights per output channel (``weight_spec``), activations per
+    tensor (``act_spec``), both symmetric in the sign-magnitude format."""
+    f = sign_magnitude(fmt)
+    return f.quantize(wl.weight, axis=0)[0], f.quantize(wl.activation, axis=None)[0]
+
+
+def dnnsim_traces(wl: tiling.Workload, fmt: formats.Format) -> tuple[np.ndarray, np.ndarray, str]:
+    """(weights, activations, csv type) in DNNsim's layout: float32 holding the integers; a conv's arrays with
+    the two spatial axes swapped ([K, C, kw, kh], [N, C, W, H]: DNNsim walks its axis 2 as x, the
+    window-minor axis, and a kernel's axis 2 within a row), a linear layer's as [O, I] and [tokens, I]."""
+    w, a = layer_integers(wl, fmt)
+    if wl.kind == "linear":
+        return w[:, :, 0, 0].astype(np.float32), a[0, :, 0, :].T.astype(np.float32), "fc"
+    return (np.ascontiguousarray(w.transpose(0, 1, 3, 2)).astype(np.float32),
+            np.ascontiguousarray(a.transpose(0, 1, 3, 2)).astype(np.float32), "conv")
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def export_work_folder(net: str, workloads: list, fmt: formats.Format, experiments: list[tuple[str, dict]],
+                       out, stripes_precision: str = "data", force: bool = False) -> dict:
+    """Write a DNNsim work folder under ``out``: models/<net>/{model.csv, precision.txt},
+    net_traces/<net>/{wgt-L.npy, act-L-0.npy}, <net>.batch and README.txt. Checks everything first, then
+    writes each file atomically; refuses to overwrite without ``force``. Returns a summary."""
+    from pathlib import Path
+
+    from ..io import write_atomic
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder")
+    if not out.parent.exists():
+        raise UserError(f"folder {out.parent} does not exist")
+    if "/" in net or not net:
+        raise UserError(f"bad network name {net!r}")
+    batch = out / f"{net}.batch"
+    models, traces = out / "models" / net, out / "net_traces" / net
+    names, notes, seen = [], [], set()
+    for wl in workloads:
+        name = "".join(c if (c.isalnum() or c in "._-") else "-" for c in wl.name)
+        if name in seen:
+            raise UserError(f"two layers map to the same DNNsim name {name!r}")
+        seen.add(name)
+        names.append(name)
+        if wl.activation is None:
+            raise UserError(f"{wl.name}: no captured activations (DNNsim needs them; use a built-in model)")
+        if wl.kind == "conv":
+            if wl.stride[0] != wl.stride[1] or wl.padding[0] != wl.padding[1]:
+                raise UserError(f"{wl.name}: DNNsim takes one stride and one padding per layer "
+                                f"(got stride {wl.stride}, padding {wl.padding})")
+            if wl.groups > 2 and not wl.depthwise:
+                raise UserError(f"{wl.name}: DNNsim runs grouped convs of 2 groups or depthwise convs only "
+                                f"(got {wl.groups} groups)")
+            if wl.out_hw[0] != wl.out_hw[1]:
+                notes.append(f"{wl.name}: output {wl.out_hw} is not square; DNNsim places window w at row "
+                             "w / out_y instead of w / out_x, so its cycles differ")
+            if wl.in_ch == 3 and wl.stride[0] > 1:
+                notes.append(f"{wl.name}: DNNsim rewrites a 3-channel strided first layer into "
+                             f"{3 * wl.stride[0] ** 2} channels at stride 1 (bitsieve does not)")
+            if wl.depthwise:
+                notes.append(f"{wl.name}: depthwise; DNNsim runs it on one tile (set depthwise=dnnsim to match)")
+        elif wl.kind == "linear":
+            notes.append(f"{wl.name}: linear layer; DNNsim deals its input bricks to the columns one call at a "
+                         "time (bitsieve maps tokens to the columns)")
+    targets = [batch, out / "README.txt", models / "model.csv", models / "precision.txt"] + [
+        traces / f"{k}-{n}{'-0' if k == 'act' else ''}.npy" for n in names for k in ("wgt", "act")]
+    clash = [str(t) for t in targets if t.exists()] if not force else []
+    if clash:
+        raise UserError(f"{clash[0]} exists (use --force to overwrite)")
+    for d in (out, out / "models", models, out / "net_traces", traces):
+        d.mkdir(exist_ok=True)
+    csv, prec = [], []
+    for name, wl in zip(names, workloads):
+        w, a, kind = dnnsim_traces(wl, fmt)
+        stride, pad = (wl.stride[0], wl.padding[0]) if kind == "conv" else (1, 0)
+        csv.append(f"{name},{kind},{stride},{pad}")
+        mags = np.abs(a).astype(np.int64)
+        p = fmt.width if stripes_precision != "data" else data_precision(mags, a < 0)
+        prec.append(p)
+        write_atomic(traces / f"wgt-{name}.npy", _npy(w), force=force)
+        write_atomic(traces / f"act-{name}-0.npy", _npy(a), force=force)
+    write_atomic(models / "model.csv", "\n".join(csv) + "\n", force=force)
+    zeros = ";".join("0" for _ in prec)
+    write_atomic(models / "precision.txt", "magnitude (+1 of the sign), fraction, wgt_magnitude, wgt_fraction\n"
+                 + ";".join(map(str, prec)) + "\n" + zeros + "\n" + ";".join(str(fmt.width) for _ in prec)
+                 + "\n" + zeros + "\n", force=force)
+    readme = (f"DNNsim work folder written by bitsieve for {net} ({fmt.name}, {len(workloads)} layers).\n"
+              f"DNNsim: github.com/isakedo/DNNsim at {DNNSIM_COMMIT}, with two patches:\n"
+              + "".join(f"  - {p}\n" for p in DNNSIM_PATCHES)
+              + "Run (DNNsim reads ./DRAMSim2/ini and ./DRAMSim2/system.ini from the working folder):\n"
+              f"  ln -s /path/to/DNNsim/DRAMSim2 DRAMSim2\n  /path/to/DNNsim/DNNsim {net}.batch\n"
+              f"Compute cycles per layer: results/{net}/*_cycles.csv, column compute_cycles.\n"
+              + ("Differences from bitsieve's defaults:\n" + "".join(f"  - {n}\n" for n in notes) if notes else ""))
+    write_atomic(out / "README.txt", readme, force=force)
+    write_atomic(batch, batch_text(net, fmt, experiments), force=force)
+    return {"folder": str(out), "network": net, "format": fmt.name, "layers": names, "batch": str(batch),
+            "experiments": [a for a, _ in experiments], "precision": prec, "notes": notes,
+            "patches": list(DNNSIM_PATCHES), "dnnsim_commit": DNNSIM_COMMIT}

@@ -193,41 +193,41 @@ def pragmatic_cycles(masks: np.ndarray, bits_first_stage: int) -> np.ndarray:
     return out.reshape(masks.shape[:-1])
 
 
-# ---- column synchronisation (DNNsim process_convolution) ------------------------------------------------
+# ---- column synchronisation (DNNsim process_mmul) -----------------------------------------------------------
 @nb.njit(inline="always")
-def _release_columns(end, prev, ncol, registers):
-    """Run-ahead registers: no column may start a set before the set `registers` back has finished on every
-    column; returns the finish time of the current set (the slowest column)."""
-    p0 = prev[0]
+def _run_ahead(end, cost, ncol, ring, st, sid, registers):
+    """One step of DNNsim's run-ahead registers (``BitPragmatic::process_mmul``, ``ShapeShifter`` alike): every
+    column starts the step at max(its own end, the ready time) and adds its cost; the ready time then becomes
+    the slowest column's end ``registers`` steps earlier (a ring of the last ``registers`` step ends).
+    ``st[sid]`` holds (ready time, ring index) of the stream."""
+    ready = st[sid, 0]
+    mx = np.int64(0)
     for c in range(ncol):
-        if end[c] <= p0:
-            end[c] = p0 + 1
-    mx = end[0]
-    for c in range(1, ncol):
-        if end[c] > mx:
-            mx = end[c]
-    for k in range(registers - 1):
-        prev[k] = prev[k + 1]
-    prev[registers - 1] = mx
-    return mx
+        e = max(end[c], ready) + cost[c]
+        end[c] = e
+        mx = max(mx, e)
+    k = st[sid, 1]
+    st[sid, 0] = ring[k]
+    ring[k] = mx
+    st[sid, 1] = (k + 1) % registers
 
 
 @nb.njit(cache=True, nogil=True)
 def _sync_kernel(cost, active, registers, out):
     S, C = cost.shape
     end = np.zeros(C, np.int64)
-    prev = np.zeros(registers, np.int64)
+    ring = np.zeros(registers, np.int64)
+    st = np.zeros((1, 2), np.int64)
+    row = np.zeros(C, np.int64)
     busy = np.int64(0)
     for s in range(S):
         for c in range(C):
-            if active[s, c]:
-                end[c] += cost[s, c]
-                busy += cost[s, c]
-        _release_columns(end, prev, C, registers)
+            row[c] = cost[s, c] if active[s, c] else 0
+            busy += row[c]
+        _run_ahead(end, row, C, ring, st, 0, registers)
     mx = np.int64(0)
     for c in range(C):
-        if end[c] > mx:
-            mx = end[c]
+        mx = max(mx, end[c])
     out[0] = mx
     out[1] = busy
 
@@ -235,8 +235,8 @@ def _sync_kernel(cost, active, registers, out):
 def column_sync(cost: np.ndarray, active: np.ndarray, registers: int) -> tuple[int, int]:
     """Cycles of a stream of steps [S, C] (per-column costs) under DNNsim's column synchronisation, and the
     busy column-cycles. ``registers`` = 0: every step waits for its slowest column (sum of row maxima);
-    r > 0: a column may run up to r steps ahead of the slowest (its end time is at least the slowest
-    column's end r steps earlier, plus one)."""
+    r > 0: step s of a column starts once that column is free and the slowest column has finished step
+    s - 1 - r (DNNsim's start rule, ``_run_ahead``); the layer ends with the slowest column."""
     cost = np.asarray(cost, dtype=np.int64)
     if registers <= 0:
         return int(np.where(active, cost, 0).max(axis=1, initial=0).sum()), int(np.where(active, cost, 0).sum())
@@ -420,9 +420,15 @@ def tactical_schedule(nz: np.ndarray, real: np.ndarray, shape: str = "T", H: int
 
 
 @nb.njit(cache=True, nogil=True)
-def _patterns_kernel(src_t, src_l, real, rows_real, step_off, boff, L, has_ident, pat_off, pat_start, pat_n):
+def _patterns_kernel(src_t, src_l, real, rows_real, step_off, boff, L, pad_zero, has_ident, pat_off, pat_start,
+                     pat_n):
     """Per (filter set, step): whether some live row has the identity schedule, and the distinct fetch
-    patterns (sorted flat offsets) of the other live rows. Returns the number of patterns written."""
+    patterns (sorted flat offsets) of the other live rows. Returns the number of patterns written.
+    At step 0 a slot that reads nothing still holds DNNsim's default buffer entry (value 0, time 0, lane 0:
+    ``OutputStationary::fill_weight_buffer`` leaves padding lanes so) and ``process_pe`` fetches lane 0 of
+    step 0 for it. ``pad_zero``: padding lanes meet zero activations (channels past c_w), so a row whose real
+    lanes keep their weights reads exactly the brick; a depthwise row (one real lane, the other lanes other
+    channels) never does."""
     F, T, R, Lw = src_t.shape
     cur = np.empty(Lw, np.int64)
     k = 0
@@ -439,8 +445,8 @@ def _patterns_kernel(src_t, src_l, real, rows_real, step_off, boff, L, has_ident
                         if s != t or src_l[f, t, r, l] != l:
                             ident = False
                     else:
-                        cur[l] = -1
-                        if real[f, t, r, l]:
+                        cur[l] = step_off[0] + boff[f] * L if t == 0 else -1
+                        if real[f, t, r, l] or not pad_zero:
                             ident = False
                 if ident:
                     has_ident[f, t] = True
@@ -523,15 +529,13 @@ def _dedupe_rows(rows, order, row_cls, pid):
 
 
 @nb.njit(cache=True, nogil=True)
-def _pattern_table(M, locs, nlocs, u0, u1, img, w0, w1, pixw, HWp, Cp, backend, window_shift, tab, tlo):
+def _pattern_table(M, locs, nlocs, u0, u1, img, w0, w1, pixw, HWp, Cp, backend, window_shift, signed, tab, tlo):
     """Cost of the distinct fetch patterns u in [u0, u1) (flat offsets locs[u, :nlocs[u]]) in windows
     [w0, w1) of image ``img``: tab[u - u0, w - w0] = Pragmatic cycles of the fetched term masks (at least 1;
-    backend 0), or the highest bit + sign (tab) and lowest
-    bit (tlo; 64: none) of the fetched values (backend 1). Window-major: the patterns of one window read
+    backend 0), or the highest bit (+ ``signed``) (tab) and lowest bit (tlo; 64: none) of the fetched values
+    (backend 1, ``M`` as ``precision_values`` gives it). Window-major: the patterns of one window read
     neighbouring activations."""
     buf = np.empty(max(locs.shape[1], 4), np.uint64)
-    sign_bit = U64(1) << U64(62)
-    mag_mask = ~sign_bit
     for w in range(w0, w1):
         base = (img * HWp + pixw[w]) * Cp
         r = w - w0
@@ -545,44 +549,42 @@ def _pattern_table(M, locs, nlocs, u0, u1, img, w0, w1, pixw, HWp, Cp, backend, 
                 lo = np.int64(64)
                 for q in range(n):
                     a = U64(M[base + locs[u, q]])
-                    mag = a & mag_mask
-                    mb = np.int64(0)
-                    if mag != 0:
-                        mb = _msb(mag)
-                        lo = min(lo, _lsb(mag))
-                    if a & sign_bit:
-                        mb += 1
-                    hi = max(hi, mb)
-                tab[u - u0, r] = hi
+                    if a != 0:
+                        hi = max(hi, _msb(a))
+                        lo = min(lo, _lsb(a))
+                tab[u - u0, r] = hi + signed
                 tlo[u - u0, r] = lo
 
 
 @nb.njit(cache=True, nogil=True)
-def _tactical_kernel(M, gcost, ghi, glo, locs, nlocs, ustart, pid, pat_start, pat_n, goff, execd, has_ident,
-                     cls_fs, cls_fs_start, cimg0, cimg1, Hp, Wp, Cp, cb, sh, sw, oh, ow, C, backend, window_shift,
-                     gsize, minor, registers, max_entries, out_cycles):
-    """Cycles of every filter set. Rows of a filter set whose schedule at step t is
+def _tactical_kernel(M, gcost, ghi, glo, locs, nlocs, ustart, pid, pat_start, pat_n, goff, exec_t, n_exec, has_ident,
+                     cls_fs, cls_pass, pass_fs, cimg0, cimg1, state_base, img_stride, Hp, Wp, Cp, cb, sh, sw, oh, ow,
+                     C, backend, window_shift, gsize, minor, signed, registers, max_entries, out_cycles):
+    """Cycles of every column-sync state (``out_cycles``). Rows of a filter set whose schedule at step t is
     the identity share the brick's cost (``gcost``/``ghi``/``glo`` at ``goff``); every other row at (f, t) is
     one of the pat_n[f, t] distinct fetch patterns at pat_start[f, t], ``pid`` naming its entry among the
-    distinct patterns of its class of filter sets (those reading the same images, ``cls_fs`` from
-    cls_fs_start[k]; their entries ustart[k]..ustart[k+1]). A pattern that recurs in several filter sets
-    (other row blocks) is costed once per window: per class, image and chunk of column sets, a table of
-    every entry's cost (``_pattern_table``), then each filter set of the class runs those column sets with
-    its own column-sync state. A filter set sees its steps in the order of a filter-set-at-a-time loop
-    (images, column sets, steps), so the cycles are that loop's."""
-    F = goff.shape[0]
-    T = goff.shape[1]
+    distinct patterns of its class (filter sets cls_fs[...] reading images cimg0[k]..cimg1[k]; entries
+    ustart[k]..ustart[k+1]). A pattern that recurs in several filter sets (other row blocks) is costed once
+    per window: per class, image and chunk of column sets, a table of every entry's cost
+    (``_pattern_table``). Class k runs passes cls_pass[k]..cls_pass[k+1], pass p being the tiles
+    cls_fs[pass_fs[p]:pass_fs[p + 1]] in lock-step, as DNNsim's ``WindowFirstOutS`` issues them: per column
+    set, pass after pass, call i runs the i-th executed step (``exec_t``) of every tile of the pass and each
+    column (group) waits for its slowest tile and row. A pass on image ``img`` advances the state
+    state_base[f] + (img - cimg0[k]) * img_stride."""
     nwin = oh * ow
     nsets = (nwin + C - 1) // C
     ngroups = (C + gsize - 1) // gsize
     ncol = C if backend == 0 else ngroups
+    nst = out_cycles.shape[0]
     colc = np.zeros(C, np.int64)
+    step = np.zeros(ncol, np.int64)
     gmax = np.zeros(ngroups, np.int64)
     gmin = np.zeros(ngroups, np.int64)
     bg = np.zeros(C, np.int64)
     act = np.zeros(C, np.bool_)
-    end2 = np.zeros((F, ncol), np.int64)
-    prev2 = np.zeros((F, max(registers, 1)), np.int64)
+    end2 = np.zeros((nst, ncol), np.int64)
+    ring2 = np.zeros((nst, max(registers, 1)), np.int64)
+    st2 = np.zeros((nst, 2), np.int64)
     pixw = np.zeros(max(nwin, 1), np.int64)
     for w in range(nwin):
         oy = w // ow
@@ -600,93 +602,112 @@ def _tactical_kernel(M, gcost, ghi, glo, locs, nlocs, ustart, pid, pat_start, pa
             for s0 in range(0, nsets, chunk):
                 s1 = min(nsets, s0 + chunk)
                 _pattern_table(M, locs, nlocs, u0, u1, img, s0 * C, min(nwin, s1 * C), pixw, HWp, Cp,
-                               backend, window_shift, tab, tlo)
-                for fi in range(cls_fs_start[k], cls_fs_start[k + 1]):
-                    f = cls_fs[fi]
-                    end = end2[f]
-                    prev = prev2[f]
-                    for st in range(s0, s1):
-                        wb = (st - s0) * C
-                        for c in range(C):
-                            w = st * C + c
-                            act[c] = w < nwin
-                            if act[c]:
-                                bg[c] = (img * HWp + pixw[w]) * cb
-                        for t in range(T):
-                            if not execd[f, t]:
-                                continue
-                            ident = has_ident[f, t]
-                            g0 = goff[f, t]
-                            p0 = pat_start[f, t]
-                            npat = pat_n[f, t]
-                            if backend == 0:
-                                for c in range(C):
-                                    colc[c] = gcost[bg[c] + g0] if (ident and act[c]) else 0
-                                for q in range(npat):  # one table row per pattern: the C columns side by side
-                                    e = pid[p0 + q] - u0
+                               backend, window_shift, signed, tab, tlo)
+                for st in range(s0, s1):
+                    wb = (st - s0) * C
+                    for c in range(C):
+                        w = st * C + c
+                        act[c] = w < nwin
+                        if act[c]:
+                            bg[c] = (img * HWp + pixw[w]) * cb
+                    for p in range(cls_pass[k], cls_pass[k + 1]):
+                        q0, q1 = pass_fs[p], pass_fs[p + 1]
+                        sid = state_base[cls_fs[q0]] + (img - cimg0[k]) * img_stride
+                        calls = 0
+                        for q in range(q0, q1):
+                            calls = max(calls, n_exec[cls_fs[q]])
+                        for i in range(calls):
+                            for c in range(ncol):
+                                step[c] = 0
+                            for q in range(q0, q1):
+                                f = cls_fs[q]
+                                if i >= n_exec[f]:
+                                    continue
+                                t = exec_t[f, i]
+                                ident = has_ident[f, t]
+                                g0 = goff[f, t]
+                                p0 = pat_start[f, t]
+                                npat = pat_n[f, t]
+                                if backend == 0:
                                     for c in range(C):
-                                        colc[c] = max(colc[c], np.int64(tab[e, wb + c]))
-                                for c in range(C):
-                                    if act[c]:
-                                        end[c] += max(colc[c], 1)
-                            else:
-                                for g in range(ngroups):
-                                    gmax[g] = 0
-                                    gmin[g] = 64
-                                for c in range(C):
-                                    if ident and act[c]:
-                                        g = c // gsize
-                                        gmax[g] = max(gmax[g], ghi[bg[c] + g0])
-                                        gmin[g] = min(gmin[g], glo[bg[c] + g0])
-                                for q in range(npat):
-                                    e = pid[p0 + q] - u0
+                                        colc[c] = gcost[bg[c] + g0] if (ident and act[c]) else 0
+                                    for q2 in range(npat):  # one table row per pattern: the C columns side by side
+                                        e = pid[p0 + q2] - u0
+                                        for c in range(C):
+                                            colc[c] = max(colc[c], np.int64(tab[e, wb + c]))
                                     for c in range(C):
                                         if act[c]:
+                                            step[c] = max(step[c], max(colc[c], 1))
+                                else:
+                                    for g in range(ngroups):
+                                        gmax[g] = 0
+                                        gmin[g] = 64
+                                    for c in range(C):
+                                        if ident and act[c]:
                                             g = c // gsize
-                                            gmax[g] = max(gmax[g], np.int64(tab[e, wb + c]))
-                                            gmin[g] = min(gmin[g], np.int64(tlo[e, wb + c]))
-                                for g in range(ngroups):
-                                    if not act[g * gsize]:  # columns fill in order: a group is live iff its first is
-                                        continue
-                                    if minor:
-                                        cy = gmax[g] - gmin[g] + 1 if gmin[g] <= gmax[g] else 1
-                                    else:
-                                        cy = gmax[g] + 1
-                                    end[g] += cy
+                                            gmax[g] = max(gmax[g], ghi[bg[c] + g0])
+                                            gmin[g] = min(gmin[g], glo[bg[c] + g0])
+                                    for q2 in range(npat):
+                                        e = pid[p0 + q2] - u0
+                                        for c in range(C):
+                                            if act[c]:
+                                                g = c // gsize
+                                                gmax[g] = max(gmax[g], np.int64(tab[e, wb + c]))
+                                                gmin[g] = min(gmin[g], np.int64(tlo[e, wb + c]))
+                                    for g in range(ngroups):
+                                        if not act[g * gsize]:  # columns fill in order: a group is live iff its first is
+                                            continue
+                                        if minor:
+                                            cy = gmax[g] - gmin[g] + 1 if gmin[g] <= gmax[g] else 1 + signed
+                                        else:
+                                            cy = gmax[g] + 1
+                                        step[g] = max(step[g], cy)
+                            end = end2[sid]
                             if registers > 0:
-                                _release_columns(end, prev, ncol, registers)
+                                _run_ahead(end, step, ncol, ring2[sid], st2, sid, registers)
                             else:
-                                mx = end[0]
-                                for c in range(1, ncol):
-                                    mx = max(mx, end[c])
+                                mx = np.int64(0)
                                 for c in range(ncol):
-                                    end[c] = mx
-    for f in range(F):
+                                    mx = max(mx, step[c])
+                                for c in range(ncol):
+                                    end[c] += mx
+    for s_ in range(nst):
         mx = np.int64(0)
         for c in range(ncol):
-            mx = max(mx, end2[f, c])
-        out_cycles[f] = mx
+            mx = max(mx, end2[s_, c])
+        out_cycles[s_] = mx
 
 
-def tactical_cycles(M, gcost, ghi, glo, pat_off, pat_start, pat_n, goff, execd, has_ident, img0, img1, Hp, Wp, Cp,
-                    cb, sh, sw, oh, ow, C, backend, window_shift, gsize, minor, registers,
-                    max_entries: int = 1 << 18):
-    """Cycles [F] of every filter set on the TCL-E (backend 0: Pragmatic on term masks
-    ``M``) or TCL-P (backend 1: dynamic precision on ``M`` = magnitude | sign << 62) back-end.
+def tactical_cycles(M, gcost, ghi, glo, pat_off, pat_start, pat_n, goff, execd, has_ident, img0, img1, cls, pass_id,
+                    state_base, img_stride, nstates, Hp, Wp, Cp, cb, sh, sw, oh, ow, C, backend, window_shift, gsize,
+                    minor, signed, registers, max_entries: int = 1 << 18):
+    """Cycles [nstates] of every column-sync state on the TCL-E (backend 0: Pragmatic on term masks ``M``) or
+    TCL-P (backend 1: dynamic precision on ``M`` = ``precision_values``) back-end.
     ``M``: the activation bricks (image, y, x, brick) of Cp = cb x lanes values; ``gcost``/``ghi``/``glo``: per
     brick costs for rows with the identity schedule; ``pat_off`` [P, lanes]: the distinct fetch patterns of
     each (f, t) from ``_patterns_kernel`` (pat_start, pat_n); ``img0``/``img1``: the images each filter set
-    reads. Patterns are de-duplicated across filter sets that read the same images and costed once per
-    window (``_tactical_kernel``; tables of at most ``max_entries``)."""
+    reads; ``cls`` [F]: classes run in increasing order (their filter sets read the same images);
+    ``pass_id`` [F]: filter sets of a class with the same id run in lock-step (one pass of the tiles);
+    ``state_base``/``img_stride``: which column-sync state a pass advances (``_tactical_kernel``). Patterns are
+    de-duplicated within a class and costed once per window (tables of at most ``max_entries``)."""
     F, T = goff.shape
     img0 = np.asarray(img0, np.int64)
     img1 = np.asarray(img1, np.int64)
-    ckeys, fcls = np.unique(img0 * (int(img1.max(initial=0)) + 1) + img1, return_inverse=True)
+    ckeys, fcls = np.unique(np.asarray(cls, np.int64), return_inverse=True)
     fcls = fcls.reshape(-1).astype(np.int64)
-    cls_fs = np.argsort(fcls, kind="stable").astype(np.int64)
+    order = np.lexsort((np.arange(F), np.asarray(pass_id, np.int64), fcls))
+    cls_fs = order.astype(np.int64)
     cls_fs_start = np.searchsorted(fcls[cls_fs], np.arange(ckeys.size + 1)).astype(np.int64)
+    key = fcls[cls_fs] * (int(np.max(pass_id, initial=0)) + 1) + np.asarray(pass_id, np.int64)[cls_fs]
+    pass_fs = np.flatnonzero(np.r_[True, key[1:] != key[:-1], True]).astype(np.int64)
+    cls_pass = np.searchsorted(pass_fs, cls_fs_start).astype(np.int64)
     cimg0 = img0[cls_fs[cls_fs_start[:-1]]]
     cimg1 = img1[cls_fs[cls_fs_start[:-1]]]
+    n_exec = execd.sum(axis=1).astype(np.int64)
+    exec_t = np.zeros((F, max(T, 1)), np.int64)
+    for f in range(F):
+        ts = np.flatnonzero(execd[f])
+        exec_t[f, :ts.size] = ts
     P = pat_off.shape[0]
     row_cls = np.repeat(fcls, pat_n.sum(axis=1))
     perm = np.argsort(row_cls, kind="stable")  # rows class by class: entries of one class are contiguous
@@ -695,9 +716,9 @@ def tactical_cycles(M, gcost, ghi, glo, pat_off, pat_start, pat_n, goff, execd, 
     ustart = np.zeros(ckeys.size + 1, np.int64)
     np.maximum.at(ustart, row_cls + 1, pid + 1)  # entries of class k end at the largest entry it visits
     ustart = np.maximum.accumulate(ustart)
-    out_c = np.zeros(F, np.int64)
-    _tactical_kernel(M, gcost, ghi, glo, locs, nlocs, ustart, pid, pat_start, pat_n, goff, execd, has_ident,
-                     cls_fs, cls_fs_start, cimg0, cimg1, Hp, Wp, Cp, cb, sh, sw, oh, ow, C, backend, window_shift,
-                     gsize, minor, registers, int(max_entries), out_c)
+    out_c = np.zeros(int(nstates), np.int64)
+    _tactical_kernel(M, gcost, ghi, glo, locs, nlocs, ustart, pid, pat_start, pat_n, goff, exec_t, n_exec, has_ident,
+                     cls_fs, cls_pass, pass_fs, cimg0, cimg1, np.asarray(state_base, np.int64), int(img_stride), Hp,
+                     Wp, Cp, cb, sh, sw, oh, ow, C, backend, window_shift, gsize, minor, int(signed), registers,
+                     int(max_entries), out_c)
     return out_c
-

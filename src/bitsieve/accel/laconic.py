@@ -1,13 +1,13 @@
 """Laconic (Sharify et al., ISCA'19) as DNNsim models it: both operands as (Booth-like) terms.
 
-Source: DNNsim ``core/src/Laconic.cpp`` (``computeLaconicPE``: cycles = terms(a) x terms(w), a zero product
-costs 1 with ZERO_COUNT; ``computeLaconicColumn``/``computeLaconicTile``: the slowest PE over the lanes, the
-rows and the columns of a tile sets the step) and ``examples/Laconic`` (16 lanes x 16 columns x 16 rows x 16
-tiles, Booth on). Confidence: reference code.
+Source: DNNsim ``core/src/Laconic.cpp`` (``process_mmul``: per PE cycles = terms(a) x terms(w), a zero
+product costs 1; each step costs the slowest lane, row and column of the slowest tile: the tiles run in
+lock-step) and ``examples/Laconic`` (16 lanes x 16 columns x 16 rows x 16 tiles, Booth on). Confidence:
+reference code.
 
-Per step the tile time is max over (column, row, lane) of terms(a) * terms(w), at least 1. Because terms
-are non-negative this equals max over lanes of (max over columns of terms(a)) x (max over rows of terms(w)),
-which is how it is vectorised. Filter blocks of R rows run on T tiles side by side (round-robin).
+Per step the time is max over (tile, column, row, lane) of terms(a) * terms(w), at least 1. Because terms
+are non-negative this equals max over lanes of (max over columns of terms(a)) x (max over the R x T rows of
+the filter pass of terms(w)), which is how it is vectorised.
 Each lane multiplies one activation term by one weight term per cycle, so a lane counts as one 1-bit
 product per cycle in the iso-units speed-up (``base`` module docstring).
 """
@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import tiling
-from .dnnsim import DnnsimModel, brick_values, result
+from .base import ceil_div
+from .dnnsim import DnnsimModel, brick_values, dense_streams, result
 from .kernels import terms
 
 
@@ -48,30 +49,29 @@ class Laconic(DnnsimModel):
         Asum = tiling.tap_sums(wl, ta, L)  # [Gi, taps, cb, L]
         steps = st.steps
         B2 = self.width(fmt) ** 2
-        if st.depthwise:
-            cb = Q
+        if wl.depthwise:
+            cb = ceil_div(wl.in_ch, L)
             wpad = np.zeros((cb * L, steps), np.int64)
             wpad[:O] = tw[:, :, 0]
             Wd = wpad.reshape(cb, L, steps).transpose(0, 2, 1)  # [cb, taps, L]
-            Am = Amax.reshape(cb, -1, steps, L)
-            cost = np.maximum((Am * Wd[:, None]).max(axis=3), 1)  # [cb, sets, taps]
-            stream = cost.sum(axis=(1, 2)).astype(np.float64)
-            cycles = tiling.round_robin(stream, T) * wl.og
-            dense = tiling.round_robin(np.full(cb, cost[0].size * B2, np.float64), T) * wl.og
+            if st.depthwise == "tiles":  # stream q = brick q over every image
+                cost = (Amax.reshape(cb, -1, steps, L) * Wd[:, None]).max(axis=3)
+            else:  # stream q = sample q: bricks, window sets, passes, taps
+                cost = (Amax.reshape(Q, cb, -1, steps, L) * Wd[None, :, None]).max(axis=4)
+            cycles = st.combine(np.maximum(cost, 1).reshape(Q, -1).sum(axis=1).astype(np.float64))
             eff = float((Asum[0].transpose(1, 0, 2) * Wd).sum()) * wl.og
         else:
-            G = wl.groups
-            Am = Amax.reshape(G, -1, steps, L)  # images of group g are contiguous
+            G, nsets, passes, _ = st.shape
+            Am = Amax.reshape(Q, G, nsets, passes, steps, L)[:, :, :, 0]  # the passes read the same bricks
+            Wb = tiling.row_blocks(tw.reshape(O, steps * L), wl, R * T)  # one filter pass: R x T rows
+            Wmax = Wb.max(axis=2).reshape(G, passes, steps, L)
+            cost = np.zeros((Q, G, nsets, passes), np.int64)
+            for p in range(passes):
+                cost[..., p] = np.maximum((Am * Wmax[None, :, None, p]).max(axis=4), 1).sum(axis=3)
+            cycles = float(cost.sum())
             As = Asum.reshape(G, steps, L)
-            Wb = tiling.row_blocks(tw.reshape(O, steps * L), wl, R).reshape(G, -1, R, steps, L)
-            Wmax = Wb.max(axis=2)  # [G, nblk, steps, L]
-            blocks = []
-            for g in range(G):
-                for b in range(Wmax.shape[1]):
-                    blocks.append(float(np.maximum((Am[g] * Wmax[g, b][None]).max(axis=2), 1).sum()))
-            cycles = tiling.round_robin(np.array(blocks), T)
-            dense = tiling.round_robin(np.full(len(blocks), Am[0].shape[0] * steps * B2, np.float64), T)
             eff = float((As * tw.reshape(G, wl.og, steps, L).sum(axis=1)).sum())
+        dense = dense_streams(st, B2)
         units = self.units(cfg, fmt)
         busy = eff / max(cycles * units, 1.0)
         ev = self.events(wl, cfg, fmt, cycles, st)

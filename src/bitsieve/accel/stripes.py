@@ -19,30 +19,32 @@ import numpy as np
 from .. import formats
 from ..errors import UserError
 from .base import ceil_div
-from .dnnsim import DnnsimModel, brick_values, dense_streams, result, stream_costs, sync_label, sync_streams
+from .dnnsim import DnnsimModel, brick_values, data_precision, dense_streams, result, stream_costs, sync_label, sync_streams
 
 
-def data_precision(mags, signs) -> int:
-    """Bits needed by every value: highest set magnitude bit + 1, + 1 if a non-zero value is negative."""
-    mx = int(mags.max(initial=0))
-    p = max(mx.bit_length(), 1)
-    return p + int(bool(np.any(signs & (mags != 0))))
+def precision_values(mags, signs) -> tuple[np.ndarray, bool]:
+    """What DNNsim's dynamic-precision rule looks at (``ShapeShifter::process_pe``): in a signed layer (any
+    activation of the layer negative) a negative value's two's complement is one's-complemented, i.e. -m
+    becomes m - 1, and every value, zero included, carries a sign bit. Returns the values and the flag."""
+    neg = signs & (mags != 0)
+    return np.where(neg, mags - 1, mags).astype(np.int64), bool(neg.any())
 
 
-def brick_precision(mags, signs):
-    """Per brick: highest set bit over the lanes (+1 if that lane is negative; zeros count 0, as DNNsim's
-    minMax(0) = (16, 0)) and lowest set bit over the non-zero lanes (64 if none)."""
-    m = mags.astype(np.uint64)
+def brick_precision(vals, signed: bool):
+    """Per brick of ``precision_values``: highest set bit over the lanes + 1 if the layer is signed (a zero
+    counts 0, as DNNsim's minMax(0) = (16, 0)) and lowest set bit over the non-zero lanes (64 if none)."""
+    m = vals.astype(np.uint64)
     hi = np.where(m > 0, np.floor(np.log2(np.maximum(m, 1).astype(np.float64))).astype(np.int64), 0)
-    hi = hi + (signs & (mags != 0))
     low = m & (~m + np.uint64(1))
     lo = np.where(m > 0, np.floor(np.log2(np.maximum(low, 1).astype(np.float64))).astype(np.int64), 64)
-    return hi.max(axis=-1), lo.min(axis=-1)
+    return hi.max(axis=-1) + int(signed), lo.min(axis=-1)
 
 
 def dynamic_cycles(model, wl, cfg, mags, signs, st):
-    """ShapeShifter rule per group of ``group_size`` columns, with ``column_registers`` run-ahead."""
-    hi, lo = brick_precision(mags, signs)
+    """ShapeShifter rule per group of ``group_size`` columns, with ``column_registers`` run-ahead; a group
+    whose values are all zero costs 1 (+ 1 in a signed layer with ``minor_bit``)."""
+    vals, signed = precision_values(mags, signs)
+    hi, lo = brick_precision(vals, signed)
     ph, act = stream_costs(hi, st, idle=-1)
     pl, _ = stream_costs(lo, st, idle=64)
     Q, S, C = ph.shape
@@ -57,7 +59,7 @@ def dynamic_cycles(model, wl, cfg, mags, signs, st):
     gl = pl.reshape(Q, S, ng, gs).min(axis=3)
     gact = act.reshape(Q, S, ng, gs).any(axis=3)
     if cfg["minor_bit"]:
-        cost = np.where(gl <= gh, gh - gl + 1, 1)
+        cost = np.where(gl <= gh, gh - gl + 1, 1 + int(signed))
     else:
         cost = np.maximum(gh, 0) + 1
     cyc, busy = sync_streams(cost, gact, cfg["column_registers"])
@@ -91,7 +93,7 @@ class Stripes(DnnsimModel):
             st = self.streams(wl, cfg)
             cyc, busy, bits, ng = dynamic_cycles(self, wl, cfg, mags, signs, st)
             cycles = st.combine(cyc)
-            eff = bits * cfg["lanes"] * wl.og * B
+            eff = bits / (1 if st.depthwise == "tiles" else st.passes) * cfg["lanes"] * wl.og * B
             label, share = sync_label(float(cyc.sum()), busy, ng, 1, "column group")
             ev = self.events(wl, cfg, fmt, cycles, st)
             return result(cycles, units, eff, ev, f"dynamic precision; {label}", share, dense_streams(st, B))

@@ -18,9 +18,13 @@ candidate. As in DNNsim's ``process_pe``, a zero weight left in place still feed
 back-end; a slot whose weight moved away reads nothing.
 
 Back-end cost per step and column: max over the filter set's rows of the Pragmatic brick cost (E) of the
-activations the row's lanes fetch; P: per group of columns, highest activation bit over the rows, lanes
-and columns of the group, + 1 (+1 for a negative value). Each filter set runs on one tile with its own
-schedule; tiles take the filter sets round-robin and the layer ends with the busiest tile.
+activations the row's lanes fetch; P: per group of columns, highest bit over the rows, lanes and columns of
+the group, + 1, with DNNsim's signed-layer rule (``stripes.precision_values``). At step 0 a padding slot
+fetches lane 0 (DNNsim's default buffer entry). Tiles run in lock-step (``WindowFirstOutS``): per window
+set, the T filter sets of a pass each issue their executed steps, call i costs the slowest tile, and the
+column-sync state (``column_registers`` run-ahead, DNNsim's start rule) runs through the whole layer per
+sample. Depthwise: ``depthwise`` = 'tiles' (bitsieve: channel bricks dealt to the tiles, each on its own)
+or 'dnnsim' (every brick in turn on one tile).
 """
 from __future__ import annotations
 
@@ -113,6 +117,7 @@ class Tactical(DnnsimModel):
         pragmatic = cfg["backend"] == "pragmatic"
         cbk = sch["cb"]
         Cp = cbk * L
+        signed = False
         if pragmatic:
             masks = booth(mags, fmt.nbits) if cfg["booth"] else mags
             gcost = pragmatic_cycles(masks, cfg["bits_first_stage"])
@@ -120,11 +125,12 @@ class Tactical(DnnsimModel):
             ghi = glo = np.zeros(1, np.int64)
             regs, gs = cfg["column_registers"], 1
         else:
-            from .stripes import brick_precision
+            from .stripes import brick_precision, precision_values
 
-            ghi, glo = brick_precision(mags, signs)
+            vals, signed = precision_values(mags, signs)
+            ghi, glo = brick_precision(vals, signed)
             gcost = np.zeros(1, np.int64)
-            M = (mags.astype(np.uint64) | (signs.astype(np.uint64) << np.uint64(62))).reshape(-1)
+            M = vals.astype(np.uint64).reshape(-1)
             regs, gs = cfg["group_registers"], cfg["group_size"]
         # flat offsets (relative to a window's top-left input pixel) of what every slot reads; rows with the
         # identity schedule share the brick cost, the others become distinct fetch patterns
@@ -136,15 +142,25 @@ class Tactical(DnnsimModel):
         pat_off = np.empty((F_ * J * R_, L_), np.int64)
         pat_start = np.zeros((F_, J), np.int64)
         pat_n = np.zeros((F_, J), np.int64)
-        npat = _patterns_kernel(src_t, src_l, sch["real"], sch["rows_real"], step_off, sch["boff"], L, has_ident,
-                                pat_off, pat_start, pat_n)
+        npat = _patterns_kernel(src_t, src_l, sch["real"], sch["rows_real"], step_off, sch["boff"], L,
+                                not wl.depthwise, has_ident, pat_off, pat_start, pat_n)
         pat_off = pat_off[:npat]
         oh, ow = wl.out_hw
+        F = np.arange(F_)
+        if not wl.depthwise:  # per sample, conv group by conv group, T filter sets in lock-step per pass
+            nb = F_ // wl.groups
+            cls, pass_id, base, stride, nstates = F // nb, (F % nb) // T, np.zeros(F_, np.int64), 1, wl.batch
+        elif cfg["depthwise"] == "dnnsim":  # per sample, brick after brick on one tile
+            cls, pass_id, base, stride, nstates = F, np.zeros(F_, np.int64), np.zeros(F_, np.int64), 1, wl.batch
+        else:  # one state per brick over every image, bricks dealt to the tiles
+            cls, pass_id, base, stride, nstates = np.zeros(F_, np.int64), F, F, 0, F_
         out_c = tactical_cycles(M, gcost.astype(np.int64), ghi.astype(np.int64), glo.astype(np.int64), pat_off,
                                 pat_start, pat_n, goff.astype(np.int64), sch["execd"], has_ident, sch["img0"],
-                                sch["img1"], Hp, Wp, Cp, cbk, wl.stride[0], wl.stride[1], oh, ow, C,
-                                0 if pragmatic else 1, 1 << cfg["bits_first_stage"], gs, cfg["minor_bit"], regs)
-        cycles = tiling.round_robin(out_c.astype(np.float64), T)
+                                sch["img1"], cls, pass_id, base, stride, nstates, Hp, Wp, Cp, cbk, wl.stride[0],
+                                wl.stride[1], oh, ow, C, 0 if pragmatic else 1, 1 << cfg["bits_first_stage"], gs,
+                                cfg["minor_bit"], signed, regs)
+        out_c = out_c.astype(np.float64)
+        cycles = tiling.round_robin(out_c, T) if wl.depthwise and cfg["depthwise"] == "tiles" else float(out_c.sum())
         # work: terms (E) or precision bits (P) of activations met by non-zero weights
         st = self.streams(wl, cfg)
         if pragmatic:

@@ -256,57 +256,66 @@ def act_grouped(wl: Workload, pad: bool = True) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+DEPTHWISE = ("tiles", "dnnsim")
+
+
 @dataclass(frozen=True, eq=False)
 class Streams:
-    """DNNsim schedule of one layer. ``idx`` [Q, S, C]: for stream q, step s (window set x (ky, kx, brick))
-    and column c, the flat index of the activation brick read (into [Nb, Hp, Wp, cb]); -1 = idle column.
-    ``steps``: steps per window set; ``passes``: how many times each stream repeats (filter passes);
-    ``tiles``: how many streams run side by side (depthwise: T tiles take the Q streams round-robin; else 1
-    stream, all tiles run it with different filters)."""
+    """DNNsim schedule of one layer. ``idx`` [Q, S, C]: for stream q, step s and column c, the flat index of
+    the activation brick read (into [Nb, Hp, Wp, cb]); -1 = idle column. A stream is one column-sync state,
+    its steps in DNNsim's issue order (``WindowFirstOutS``): per sample, conv group, window set, filter pass
+    (``passes`` passes of R x T filters, the tiles in lock-step), step (ky, kx, brick); Q = samples.
+    Depthwise (``depthwise`` = 'tiles', bitsieve's mapping): one stream per channel brick over every image
+    (one filter per lane), ``tiles`` tiles take the streams round-robin, each repeated ``passes`` (channel
+    multiplier) times; 'dnnsim': DNNsim's mapping, every brick in turn on one tile (per sample: brick, window
+    set, pass, tap). ``shape``: the axes of S (groups or bricks, window sets, passes, steps)."""
 
     idx: np.ndarray
     steps: int
     passes: int
     tiles: int
-    depthwise: bool
+    depthwise: str
+    shape: tuple
 
     def combine(self, stream_cycles: np.ndarray) -> float:
-        """Per-stream cycles [Q] -> layer cycles (passes x stream, or the slowest tile of the round-robin)."""
-        return round_robin(stream_cycles, self.tiles) * self.passes if self.depthwise else \
-            float(np.sum(stream_cycles) * self.passes)
+        """Per-stream cycles [Q] -> layer cycles (sum over samples, or the busiest tile of the round-robin)."""
+        if self.depthwise == "tiles":
+            return round_robin(stream_cycles, self.tiles) * self.passes
+        return float(np.sum(stream_cycles))
 
 
-def dnnsim_streams(wl: Workload, L: int, C: int, R: int, T: int) -> Streams:
+def dnnsim_streams(wl: Workload, L: int, C: int, R: int, T: int, depthwise: str = "tiles") -> Streams:
     """The DNNsim output-stationary schedule of ``wl`` for L lanes, C columns, R rows, T tiles."""
     (kh, kw), (sh, sw) = wl.kernel, wl.stride
     Hp, Wp = wl.padded_hw
     oh, ow = wl.out_hw
-    if wl.depthwise:
-        cb = ceil_div(wl.in_ch, L)
-        nb_img = wl.batch
-    else:
-        cb = ceil_div(wl.cw, L)
-        nb_img = wl.batch * wl.groups
+    N = wl.batch
+    cb = ceil_div(wl.in_ch if wl.depthwise else wl.cw, L)
+    Gi = 1 if wl.depthwise else wl.groups
     nwin = oh * ow
     nsets = ceil_div(nwin, C)
     wins = np.arange(nsets * C)
     oy, ox = wins // ow, wins % ow
     real = wins < nwin
-    n = np.arange(nb_img)
-    base = ((n[:, None] * Hp + oy[None] * sh) * Wp + ox[None] * sw) * cb  # [Nb, nsets*C]
-    base = np.where(real[None], base, -1).reshape(nb_img, nsets, C)
+    img = np.arange(Gi * N).reshape(Gi, N).T  # [N, Gi]: act_grouped orders its images (group, sample)
+    base = ((img[..., None] * Hp + oy * sh) * Wp + ox * sw) * cb  # [N, Gi, nsets*C]
+    base = np.where(real, base, -1).reshape(N, Gi, nsets, 1, C)
     ky, kx = np.divmod(np.arange(kh * kw), kw)
     tap_off = (ky * Wp + kx) * cb  # [taps]
     if wl.depthwise:
         off = tap_off[None, :] + np.arange(cb)[:, None]  # [cb, taps]
-        idx = base[None, :, :, None, :] + off[:, None, None, :, None]  # [cb, Nb, nsets, taps, C]
-        idx = np.where(base[None, :, :, None, :] >= 0, idx, -1)
-        idx = idx.reshape(cb, -1, C)
-        return Streams(idx, kh * kw, wl.og, T, True)
+        b0 = base[:, 0, :, 0][:, None, :, None, :]  # [N, 1, nsets, 1, C]
+        idx = np.where(b0 >= 0, b0 + off[None, :, None, :, None], -1)  # [N, cb, nsets, taps, C]
+        if depthwise == "dnnsim":
+            idx = np.broadcast_to(idx[:, :, :, None], (N, cb, nsets, wl.og, kh * kw, C))
+            return Streams(idx.reshape(N, -1, C), kh * kw, wl.og, 1, "dnnsim", (cb, nsets, wl.og, kh * kw))
+        idx = idx.transpose(1, 0, 2, 3, 4).reshape(cb, -1, C)
+        return Streams(idx, kh * kw, wl.og, T, "tiles", (N, nsets, 1, kh * kw))
     off = (tap_off[:, None] + np.arange(cb)[None, :]).reshape(-1)  # [(taps, cb)]
-    idx = base[:, :, None, :] + off[None, None, :, None]  # [Nb, nsets, steps, C]
-    idx = np.where(base[:, :, None, :] >= 0, idx, -1)
-    return Streams(idx.reshape(1, -1, C), kh * kw * cb, ceil_div(wl.og, R * T), 1, False)
+    passes = ceil_div(wl.og, R * T)
+    idx = np.where(base >= 0, base + off[:, None], -1)  # [N, Gi, nsets, steps, C]
+    idx = np.broadcast_to(idx[:, :, :, None], (N, Gi, nsets, passes, off.size, C))
+    return Streams(idx.reshape(N, -1, C), off.size, passes, T, "", (Gi, nsets, passes, off.size))
 
 
 def round_robin(work, tiles: int) -> float:

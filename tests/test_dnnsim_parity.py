@@ -1,0 +1,83 @@
+"""Cross-check against DNNsim (isakedo/DNNsim, the commit in each table): per-layer compute cycles of
+dense (DaDianNao), Stripes, ShapeShifter (Stripes dynamic), Pragmatic, Laconic and Bit-Tactical E/P on the
+same integers, every configuration in CONFIGS. The tables in tests/data/dnnsim/ are DNNsim's output
+(tests/data/dnnsim/generate.py runs a built DNNsim on bitsieve's export and writes them); this test only
+re-runs bitsieve's models. Conv layers must match exactly; linear layers are mapped differently on purpose
+(accel/dnnsim.py) and are not compared."""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bitsieve import formats
+from bitsieve.accel import tiling
+from bitsieve.simulate import Run, Simulator
+
+DATA = Path(__file__).parent / "data" / "dnnsim"
+CASES = ("lenet-mnist", "mtcnn-rnet", "resnet-layer")
+CONFIGS = (
+    [("dense", {"tiles": t}) for t in (16, 1)]
+    + [("stripes", {"tiles": t}) for t in (16, 1)]
+    + [("stripes", {"precision": "dynamic", "group_size": 1, "column_registers": 0, "tiles": t}) for t in (16, 1)]
+    + [("pragmatic", {"column_registers": r, "booth": b, "tiles": t})
+       for r in (0, 1, 2) for b in (True, False) for t in (16, 1)]
+    + [("laconic", {"booth": b, "tiles": t}) for b in (True, False) for t in (16, 1)]
+    + [("tactical", {"column_registers": r, "booth": b, "tiles": t})
+       for r in (0, 1, 2) for b in (True, False) for t in (16, 1)]
+    + [("tactical", {"backend": "precision", "group_size": 1, "group_registers": 0, "tiles": t}) for t in (16, 1)]
+)
+
+
+def _resnet_layer(fmt: str) -> tiling.Workload:
+    """A ResNet-18 layer-2 3x3 conv (128 -> 128 channels, 28 x 28, padding 1) of seeded integers whose
+    symmetric quantisation is the identity (every filter and the activations reach the format's maximum), so
+    DNNsim and bitsieve read the same integers."""
+    q = formats.get(fmt).qmax
+    rng = np.random.default_rng(15)
+    w = np.clip(np.rint(rng.normal(size=(128, 128, 3, 3)) * q / 8), -q, q)
+    w[rng.random(w.shape) < 0.5] = 0
+    w[:, 0, 0, 0] = q
+    a = np.clip(np.rint(np.maximum(rng.normal(size=(1, 128, 28, 28)), 0) * q / 6), 0, q)
+    a[rng.random(a.shape) < 0.3] = 0
+    a[0, 0, 0, 0] = q
+    return tiling.Workload.conv(w.astype(np.float32), a.astype(np.float32), padding=1, name="res2")
+
+
+@lru_cache(maxsize=None)
+def case_workloads(case: str, fmt: str) -> tuple[str, list]:
+    """(DNNsim network name, workloads) of a case."""
+    if case == "resnet-layer":
+        return case, [_resnet_layer(fmt)]
+    from bitsieve import model
+
+    m = model.load(case, activations=1)
+    return case, [tiling.from_layer(layer) for layer in m.layers if layer.kind in ("conv", "linear")]
+
+
+def _tables(case: str, fmt: str) -> dict:
+    path = DATA / f"{case}-{fmt}.json"
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("fmt", ["int16", "int8"])
+@pytest.mark.parametrize("case", CASES)
+def test_dnnsim_compute_cycles_match(case, fmt):
+    doc = _tables(case, fmt)
+    assert doc["dnnsim_commit"] == "4748a60" and len(doc["tables"]) == len(CONFIGS)
+    _, workloads = case_workloads(case, fmt)
+    convs = [wl for wl in workloads if wl.kind == "conv"]
+    assert convs
+    bad = []
+    for table, (accel, sets) in zip(doc["tables"], CONFIGS):
+        assert (table["accel"], table["set"]) == (accel, json.loads(json.dumps(sets)))
+        sim = Simulator(Run(accels=[accel], fmt=fmt, sets={accel: dict(sets)}))
+        for wl in convs:
+            got = sim.layer(wl)[accel].cycles
+            want = table["compute_cycles"][wl.name]
+            if got != want:
+                bad.append(f"{accel} {sets} {wl.name}: bitsieve {got:.0f}, DNNsim {want}")
+    assert not bad, "\n".join(bad)
