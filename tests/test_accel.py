@@ -601,4 +601,4 @@ def test_weight_reads_only_from_rows_with_filters(accel, fmt):
         got.add(sim.layer(wl)[accel].events["sram_w_bits"])
     assert len(got) == 1
     if accel in ("bitx", "bitxpro"):
-        assert got == {32 * 64 * 16 * 64.0}  # 32 filters x one 64-lane group x 16 bits x 64 output pixels
+        assert got == {32 * 9 * 16 * 64.0}  # 32 filters x 9 real taps (not the 64-lane padding) x 16 bits x 64 pixels

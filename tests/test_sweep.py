@@ -286,3 +286,35 @@ def test_extended_sweep_runs_only_the_new_tasks(tmp_path):
         sweep.run(sweep.parse(p), tmp_path / "o", workers=1)
     assert sweep.run(sweep.parse(p), tmp_path / "o", workers=1, force=True)["ran"] == 1
     assert {r["model"] for r in results.load(tmp_path / "o")} == {"mtcnn-rnet"}
+
+
+def test_design_axes_sweep_with_the_method_and_set(tmp_path):
+    """[designs.bitx] keep is a grid axis next to the method's keep; --set configures every variant; a method
+    and its design at the same keep cost exactly the design's cycles on the original weights."""
+    p = _write(tmp_path, """\
+        models = ["lenet-mnist"]
+        accelerators = ["bitx"]
+        eval_limit = 0
+        activations = 1
+        [methods.bitx]
+        keep = [2, 5]
+        [designs.bitx]
+        keep = [2, 5]
+        """)
+    sw = sweep.parse(p, sets={"bitx": {"rows": "8"}})
+    assert sw.tasks[0].designs == (("bitx", (("keep", "2"), ("rows", "8"))), ("bitx", (("keep", "5"), ("rows", "8"))))
+    assert sweep.run(sw, tmp_path / "o", workers=1)["ran"] == 1
+    with results.Store(tmp_path / "o") as st:
+        rows = st.rows()
+    cyc = {(r["accel"], r["method"]): r["value"] for r in rows if r["layer"] == "*" and r["metric"] == "cycles"}
+    for k in (2, 5):
+        name = f"bitx[keep={k},rows=8]"
+        assert cyc[(name, f"bitx:keep={k}")] == cyc[(name, "")]
+    assert cyc[("bitx[keep=2,rows=8]", "")] < cyc[("bitx[keep=5,rows=8]", "")]
+    bad = _write(tmp_path, """\
+        models = ["lenet-mnist"]
+        [designs.bitx]
+        keep = [0]
+        """)
+    with pytest.raises(UserError, match="s.toml:2.*keep"):
+        sweep.parse(bad)

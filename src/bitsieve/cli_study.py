@@ -21,6 +21,8 @@ def sweep(
     backend: str = typer.Option("local", "--backend", help="local (a process pool) or ray."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Parallel tasks (default: one per core)."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help="ACCEL.PARAM=VALUE for every variant of that "
+                                             "design (repeatable; values in a [designs] table win)."),
     force: bool = typer.Option(False, "--force", help="Start over, discarding results already in the folder."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object with the counts and wall time."),
 ):
@@ -29,7 +31,9 @@ def sweep(
     from . import sweep as sweep_mod
     from .io import write_atomic
 
-    sw = sweep_mod.parse(sweep_file)
+    from .accel import parse_sets
+
+    sw = sweep_mod.parse(sweep_file, sets=parse_sets(sets))
     d = Path(outdir or f"{Path(sweep_file).stem}-results")
     if d.exists() and not d.is_dir():
         raise UserError(f"{d} exists and is not a folder")
@@ -106,6 +110,8 @@ def compare(
     curves: bool = typer.Option(True, "--curves/--no-curves", help="Also run each design with a knob (BitX, "
                                 "BitXpro keep; Bitlet prune) over its values, for accuracy-versus-speed curves."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Parallel processes (default: one per core)."),
+    backend: str = typer.Option("local", "--backend", help="local (a process pool) or ray (the sweep engine)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray)."),
     csv_path: Optional[str] = typer.Option(None, "--csv", help="Also write every result row to this CSV file."),
 ):
     """The main job: every design (an accelerator with its own numerics) on a model's real weights and
@@ -116,7 +122,7 @@ def compare(
     from . import results
     from .accel import parse_sets
     from .io import check_writable, write_atomic
-    from .sweep import _default_workers
+    from .study.engine import default_workers
 
     if full and limit is not None:
         raise UserError("--full and --limit exclude each other")
@@ -136,14 +142,14 @@ def compare(
         raise UserError(f"cannot read {model}: no such file")
     accels = [a.strip() for a in accel.split(",") if a.strip()] if accel else None
     lim = None if full else ("quick" if limit is None else limit)
-    nw = workers or _default_workers()
+    nw = workers or default_workers()
     p = cmp.plan(model, methods=method or None, accels=accels, fmt=fmt, limit=lim, accuracy=lim != 0,
                  sets=parse_sets(sets), curves=curves, workers=nw)
     if not json_out:
         acc = ("no accuracy" if p.limit == 0 else "accuracy on the whole evaluation set" if p.limit is None
                else f"accuracy on {p.limit} samples")
         out.print(f"[bold]{model}[/]: {len(p.designs)} designs, {len(p.entries)} rows, {acc}")
-    res = cmp.run(p, workers=nw, console=None if json_out else out)
+    res = cmp.run(p, workers=nw, console=None if json_out else out, backend=backend, address=address)
     rows = res["rows"]
     report_mod.write(rows, path, force=force, title=f"bitsieve compare: {model}", source="bitsieve compare",
                      provenance=provenance(model, p, res))

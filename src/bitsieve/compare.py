@@ -19,17 +19,16 @@ them in this process or a process pool and assembles the tidy rows (``results``)
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from . import designs, results
 from .errors import UserError
-from .sweep import DEFAULT_ACTIVATIONS, Setting, _default_workers, _worker_init, keep_freed_memory, quick_limit
+from .study import engine, pipeline
+from .study.progress import UnitBars
+from .study.sweepfile import DEFAULT_ACTIVATIONS, quick_limit
 
 DEFAULT_MODEL = "efficientnet-lite0"
 #: software methods shown by default: the ones no design applies by itself, each on the designs it can change
@@ -161,7 +160,7 @@ def plan(model: str = DEFAULT_MODEL, *, methods: list[str] | None = None, accels
     return p
 
 
-# ---- running units (in this process or in pool workers) ------------------------------------------------------
+# ---- running units (the study engine: this process, a process pool or Ray) ------------------------------------
 _CACHE: dict = {}
 
 
@@ -180,206 +179,44 @@ def _prepared(unit: Unit):
     return _CACHE[key]
 
 
-def accuracy_records(model: str, items, limit, say) -> dict:
-    """{numerics key: evaluate.Records} of the original ('original') and every numerics, same samples."""
-    from . import evaluate
-
-    m = evaluate.load_model(model)
-    task = m.builtin.task
-    batches = list(evaluate._batches(task, m.builtin, None, limit))
-    if not batches:
-        raise UserError(f"no {task} data to evaluate")
-    out = {"original": evaluate._run(task, m, batches)}
-    say(1 / (len(items) + 1))
-    for i, (key, num, d, method) in enumerate(items):
-        steps = d.method_steps(method) if method else ()
-        with designs.computing(m, num, steps, batches[:1]):
-            out[key] = evaluate._run(task, m, batches)
-        say((i + 2) / (len(items) + 1))
-    return out
-
-
-def simulate_design(model: str, layers, d: designs.Design, methods: tuple, activations: int, seed: int,
-                    say) -> list[dict]:
-    """Per-layer and whole-model rows of design ``d`` (method '') and of each method composed before it."""
-    from . import methods as methods_mod
-    from . import simulate as sim_mod
-    from .accel import tiling
-
-    sim = sim_mod.Simulator(sim_mod.Run(accels=[d.accel], fmt=d.fmt, sets={d.accel: d.overrides} if d.sets else {},
-                                        seed=seed, inferences=activations))
-    weights = {"": None}
-    for spec in methods:
-        weights[spec] = [r.weight for r in methods_mod.apply_model(layers, d.method_steps(spec))]
-    per: dict[str, list] = {k: [] for k in weights}
-    for i, L in enumerate(layers):
-        wl = tiling.from_layer(L)
-        acache: dict = {}
-        for label, ws in weights.items():
-            res = sim_mod.layer_results(sim, wl, None if ws is None else ws[i], acache)
-            per[label] += sim_mod.layer_rows(sim, model, label, wl, res)
-        say((i + 1) / len(layers))
-    rows = []
-    for label, lr in per.items():
-        rows += lr + sim_mod.whole_rows(sim, model, label, lr)
-    for r in rows:  # the design's name (dense is named by its format, overrides shown)
-        if r["accel"] == d.accel:
-            r["accel"] = d.name
-        elif r["accel"] == "dense":
-            r["accel"] = f"dense@{d.fmt}"
-    return [r for r in rows if r["accel"] == d.name or (d.accel == "dense")]
-
-
-def run_unit(unit: Unit, progress=None):
-    """What one unit produces: accuracy records, or rows. ``progress(fraction)`` hears how far it is."""
-    from .sweep import _profile_setting
-
-    say = progress or (lambda f: None)
+def run_unit(unit: Unit, say=None):
+    """What one unit produces: accuracy records, or rows. ``say(fraction)`` hears how far it is."""
+    say = say or (lambda f: None)
     if unit.kind == "accuracy":
-        return accuracy_records(unit.model, unit.numerics, unit.limit, say)
+        return pipeline.accuracy_records(unit.model, unit.numerics, unit.limit, say)
     m, layers = _prepared(unit)
     if unit.kind == "profile":
-        rows = _profile_setting(m.name, layers, {"": None}, Setting("fp32", 64, "weight"))
-        rows += activation_profile_rows(m.name, layers)
+        rows = pipeline.profile_setting(m.name, layers, {"": None}, pipeline.Setting("fp32", 64, "weight"))
+        rows += pipeline.activation_profile_rows(m.name, layers)
         say(1.0)
         return rows
-    return simulate_design(m.name, layers, unit.design, unit.methods, unit.activations, unit.seed, say)
+    return pipeline.simulate_design(m.name, layers, unit.design, unit.methods, unit.activations, unit.seed, say)
 
 
-def activation_profile_rows(model: str, layers) -> list[dict]:
-    """Per-layer bit profile of the captured input activations (int16, per-layer scale), whole model too."""
-    from . import formats
-    from .planes import pack
-    from .profile import counts, merge, stats
-
-    fmt = formats.get("int16")
-    cs, rows = [], []
-    for L in layers:
-        a = getattr(L, "activation", None)
-        if a is None:
-            continue
-        a = np.asarray(a, np.float32)
-        p = pack(a.reshape(a.shape[0], a.shape[1], -1) if a.ndim >= 3 else a.reshape(-1, a.shape[-1]), fmt, 16,
-                 per_channel=False)
-        c = counts(p)
-        cs.append(c)
-        st = stats(c)
-        for k in ("zero_value_frac", "zero_bit_frac", "mean_essential_bits"):
-            rows.append(results.row(model, L.name, f"act_{k}", st[k], format="int16", group=16))
-    if cs:
-        st = stats(merge(cs))
-        for k in ("zero_value_frac", "zero_bit_frac", "mean_essential_bits"):
-            rows.append(results.row(model, results.WHOLE, f"act_{k}", st[k], format="int16", group=16))
-    return rows
-
-
-@contextlib.contextmanager
-def _cache_cleared():
-    try:
-        yield
-    finally:
-        _CACHE.clear()
-
-
-def _pool_unit(unit: Unit, queue):
-    t0 = time.perf_counter()
-    last = [0.0]
-
-    def say(f):
-        if f - last[0] >= 0.02 or f >= 1.0:
-            last[0] = f
-            queue.put((unit, f))
-
-    out = run_unit(unit, say)
-    return out, time.perf_counter() - t0
-
-
-def run(p: Plan, *, workers: int | None = None, console=None) -> dict:
-    """Run every unit and assemble the rows; returns rows, the table records, warnings and timings."""
-    workers = workers or min(_default_workers(), max(1, len(p.units)))
-    keep_freed_memory()
-    bars = _Bars(console, p.units)
-    out: dict[Unit, object] = {}
+def run(p: Plan, *, workers: int | None = None, console=None, backend: str = "local",
+        address: str | None = None) -> dict:
+    """Run every unit on the study engine and assemble the rows; returns rows, warnings and timings."""
+    workers = workers or min(engine.default_workers(), max(1, len(p.units)))
+    out: dict[int, object] = {}
     warnings: list[str] = []
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    with bars, _cache_cleared():
-        if workers <= 1:
-            for u in p.units:
-                t1 = time.perf_counter()
-                out[u] = _guard(u, lambda u=u: run_unit(u, lambda f, _u=u: bars.update(_u, f)), warnings)
-                seconds[u.label] = time.perf_counter() - t1
-                bars.update(u, 1.0)
-        else:
-            _run_pool(p, workers, bars, out, warnings, seconds)
-    rows = assemble(p, out)
+    try:
+        with UnitBars(console, p.units) as bars:
+            for d in engine.execute(p.units, run_unit, backend=backend, workers=workers, address=address,
+                                    on_progress=bars.update):
+                if d.error:
+                    if d.unit.kind != "accuracy":
+                        raise UserError(d.error)
+                    warnings.append(f"accuracy not measured: {d.error}")
+                out[id(d.unit)] = d.result
+                seconds[d.unit.label] = d.wall_s
+                bars.update(d.unit, 1.0)
+    finally:
+        _CACHE.clear()
+    rows = assemble(p, {u: out.get(id(u)) for u in p.units})
     return {"rows": rows, "warnings": warnings, "seconds": seconds, "wall_s": time.perf_counter() - t0,
             "workers": workers}
-
-
-def _guard(u: Unit, fn, warnings):
-    try:
-        return fn()
-    except UserError as e:
-        if u.kind != "accuracy":
-            raise
-        warnings.append(f"accuracy not measured: {e}")
-        return {}
-
-
-def _run_pool(p: Plan, workers: int, bars, out, warnings, seconds):
-    import multiprocessing as mp
-    import queue as queue_mod
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    ctx = mp.get_context("spawn")
-    with ctx.Manager() as manager:
-        q = manager.Queue()
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
-            futs = {pool.submit(_pool_unit, u, q): u for u in p.units}
-            pending = set(futs)
-            try:
-                while pending:
-                    done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                    while True:
-                        try:
-                            u, f = q.get_nowait()
-                        except queue_mod.Empty:
-                            break
-                        bars.update(u, f)
-                    for fut in done:
-                        u = futs[fut]
-                        res = _guard(u, fut.result, warnings)
-                        out[u], seconds[u.label] = (res if isinstance(res, tuple) else (res, 0.0))
-                        bars.update(u, 1.0)
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-
-
-class _Bars:
-    """One Rich progress bar per unit (nothing without a console)."""
-
-    def __init__(self, console, units):
-        self.console, self.units, self.p = console, units, None
-
-    def __enter__(self):
-        if self.console is not None:
-            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
-            self.p = Progress(TextColumn("{task.description}", style="bold"), BarColumn(), TaskProgressColumn(),
-                              TimeElapsedColumn(), console=self.console, transient=False)
-            self.p.__enter__()
-            self.ids = {u: self.p.add_task(u.label, total=1.0) for u in self.units}
-        return self
-
-    def update(self, unit, frac):
-        if self.p is not None:
-            self.p.update(self.ids[unit], completed=min(1.0, frac))
-
-    def __exit__(self, *exc):
-        if self.p is not None:
-            self.p.__exit__(*exc)
 
 
 # ---- assembling the design rows ------------------------------------------------------------------------------

@@ -1,0 +1,344 @@
+"""What the units of a study do: the shared pipeline of sweep tasks (load a model once, apply every method once,
+profile, simulate layer by layer, measure accuracy) and the pieces ``compare`` units run (accuracy records of a
+design's numerics, one design simulated with its methods, the activation profile)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .. import results
+from ..errors import UserError
+from .sweepfile import DEFAULT_ACTIVATIONS, Task
+
+
+def run_task(task: Task, progress: Callable[[str, float], None] | None = None) -> list[dict]:
+    """Every row of one task. ``progress(stage, fraction)`` hears how far it is."""
+    from .. import formats
+
+    fmt = formats.get(task.format)
+    accels = applicable_accels(task.accels, fmt)
+    setting = Setting(task.format, task.group, task.align, tuple(accels), tuple(task.designs))
+    return study(task.model, [setting], task.methods, follow_format=True, eval_limit=task.eval_limit,
+                 activations=task.activations, seed=task.seed, progress=progress)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Data format, group size and alignment that the profile and the accelerators read, and the accelerators."""
+
+    format: str
+    group: int = 64
+    align: str = "weight"
+    accels: tuple[str, ...] = ()
+    designs: tuple = ()  # design variants ((accel, ((param, value), ...)), ...), see sweepfile.Task
+
+
+def applicable_accels(names, fmt) -> list[str]:
+    """The accelerators of ``names`` whose design takes data in ``fmt`` (an fp32 sweep skips integer-only
+    designs such as Stripes; dense is always there as the baseline when any accelerator runs)."""
+    if not names:
+        return []
+    from ..accel import ACCELERATORS
+
+    ok = []
+    for n in names:
+        a = ACCELERATORS[n]
+        try:
+            a.check_format(fmt, a.configure())
+        except UserError:
+            continue
+        ok.append(n)
+    return ok
+
+
+def study(model_spec, settings: list[Setting], method_specs, *, follow_format: bool, eval_limit: int | None,
+          activations: int = DEFAULT_ACTIVATIONS, seed: int = 0, progress=None, model=None) -> list[dict]:
+    """The pipeline of a sweep task: load the model once (activations captured once),
+    apply every method once, then per setting decompose every tensor once for the profile and run the
+    accelerators layer by layer (activations packed once per layer for all methods).
+
+    ``follow_format``: methods read the (single) setting's format and group where they can (sweeps);
+    otherwise each method runs at its own defaults (compare).
+    """
+    from .. import model as model_mod
+
+    say = progress or (lambda stage, frac: None)
+    rows: list[dict] = []
+    fmt0, g0 = (settings[0].format, settings[0].group) if follow_format else (None, None)
+    steps = {spec: resolve(spec, fmt0, g0) for spec in method_specs}
+    need_acts = any(_needs_acts(st) for st in steps.values()) or any(_accels_need_acts(s.accels) for s in settings)
+    say("loading model", 0.0)
+    m = model if model is not None else model_mod.load(model_spec, activations=activations if need_acts else 0)
+    layers = [L for L in m.layers if L.kind in ("conv", "linear")]
+    if not layers:
+        raise UserError(f"{model_spec} has no conv or linear layers")
+    # methods: new weights once per method (forward-pass emulations change no weights)
+    weights: dict[str, list | None] = {"": None}
+    for i, (spec, st) in enumerate(steps.items()):
+        say(f"method {spec}", 0.05 + 0.1 * i / max(len(steps), 1))
+        if all(x.method.kind == "weights" for x in st):
+            weights[spec] = apply(layers, st)
+    # accuracy on the model's real task
+    if eval_limit != 0:
+        rows += accuracy_rows(model_spec, steps, eval_limit, settings,
+                              lambda f: say("accuracy", 0.15 + 0.35 * f))
+    for si, s in enumerate(settings):
+        say(f"profile {s.format} g{s.group}", 0.5 + 0.5 * si / len(settings))
+        rows += profile_setting(m.name, layers, weights, s)
+        if s.accels:
+            rows += simulate_setting(m.name, layers, weights, s, seed,
+                                      lambda f, _si=si: say(f"accelerators {s.format}",
+                                                            0.5 + 0.5 * (_si + f) / len(settings)))
+    say("done", 1.0)
+    return rows
+
+
+def _needs_acts(steps) -> bool:
+    return any(x.method.kind != "weights" or x.method.needs_activations(x.params) for x in steps)
+
+
+def _accels_need_acts(names) -> bool:
+    if not names:
+        return False
+    from ..accel import ACCELERATORS
+
+    return any(ACCELERATORS[n].needs_activations for n in ["dense", *names])
+
+
+def accuracy_rows(model_spec: str, steps: dict, limit, settings, say=None) -> list[dict]:
+    """``accuracy`` (the task's metric: top-1 %, Spearman x100...), ``accuracy_delta`` against the original and,
+    where the task has it, ``accuracy_top5``, for the original model ('') and every method; layer '*', accel ''.
+    Repeated for each setting, so every (format, group) section of a report has them."""
+    from .. import evaluate
+
+    labels = list(steps)
+    specs = ["+".join(x.spec() for x in st) for st in steps.values()]
+    n = len(specs) + 1
+    done = [0]
+
+    def tick(_v):
+        done[0] += 1
+        if say:
+            say(done[0] / n)
+
+    res = evaluate.evaluate(model_spec, specs, limit=limit, progress=tick)
+    variants = res["variants"]
+    out = []
+    for s in settings or [Setting("", 0)]:
+        for label, v in zip(["", *labels], variants):
+            kw = dict(method=label, format=s.format, group=s.group)
+            out.append(results.row(res["model"], results.WHOLE, "accuracy", v["value"], **kw))
+            out.append(results.row(res["model"], results.WHOLE, "accuracy_delta", v["delta"], **kw))
+            if v.get("top5") is not None:
+                out.append(results.row(res["model"], results.WHOLE, "accuracy_top5", v["top5"], **kw))
+            out.append(results.row(res["model"], results.WHOLE, "eval_samples", res["samples"], **kw))
+    return out
+
+
+def profile_setting(model: str, layers, weights: dict, s: Setting) -> list[dict]:
+    from .. import formats
+    from ..planes import pack
+
+    fmt = formats.get(s.format)
+    task = Task(model, s.format, s.group, s.align)
+    base = {L.name: pack(L.weight, fmt, s.group, s.align) for L in layers}
+    rows = profile_rows(task, model, layers, base, "", None)
+    for label, ws in weights.items():
+        if label == "" or ws is None:
+            continue
+        planes = {L.name: pack_like(w, base[L.name]) for L, w in zip(layers, ws)}
+        rows += profile_rows(task, model, layers, planes, label, base)
+    return rows
+
+
+def simulate_setting(model: str, layers, weights: dict, s: Setting, seed: int, say) -> list[dict]:
+    """Every accelerator on every layer for the original weights and each method's, streaming layer by layer.
+    Design variants (``s.designs``) get a simulator each, their rows named after the design (``bitx[keep=4]``)."""
+    from .. import simulate as sim_mod
+    from ..accel import tiling
+    from ..designs import Design
+
+    n = next((int(L.activation.shape[0]) for L in layers if getattr(L, "activation", None) is not None), 1)
+    varied = {a for a, _ in s.designs}
+    runs = [(sim_mod.Simulator(sim_mod.Run(accels=[a for a in s.accels if a not in varied], fmt=s.format,
+                                           seed=seed, inferences=n)), {})]
+    for a, ov in s.designs:
+        if a in s.accels:
+            sim = sim_mod.Simulator(sim_mod.Run(accels=[a], fmt=s.format, seed=seed, inferences=n, sets={a: dict(ov)}))
+            runs.append((sim, {a: Design(a, s.format, tuple(ov)).name}))
+    per_label: dict = {(k, i): [] for k in weights for i in range(len(runs))}
+    for li, L in enumerate(layers):
+        wl = tiling.from_layer(L)
+        acache: dict = {}
+        for label, ws in weights.items():
+            for i, (sim, _) in enumerate(runs):
+                res = sim_mod.layer_results(sim, wl, None if ws is None else ws[li], acache)
+                per_label[(label, i)] += sim_mod.layer_rows(sim, model, label, wl, res, group=s.group)
+        say((li + 1) / len(layers))
+    rows = []
+    for (label, i), lr in per_label.items():
+        sim, names = runs[i]
+        out = lr + sim_mod.whole_rows(sim, model, label, lr, group=s.group)
+        if i:  # the dense baseline once, from the first simulator
+            out = [r for r in out if r["accel"] != "dense"]
+        for r in out:
+            r["accel"] = names.get(r["accel"], r["accel"])
+        rows += out
+    return rows
+
+
+def resolve(spec: str, fmt: str | None, group: int | None):
+    """The method steps of a spec for data in ``fmt`` with groups of ``group``: a method reads the sweep's
+    format and group where it can, else its own defaults (e.g. BitWave, an integer method, in an fp32 sweep).
+    Values written in the spec always win. ``fmt=None``: the method's own defaults throughout."""
+    from .. import methods
+
+    parts = spec.split("+")
+    tries = [{"format": fmt, "group": group}, {"group": group}, {"format": fmt}, {}] if fmt else [{}]
+    err = None
+    for ov in tries:
+        try:
+            return methods.parse_specs(parts, overrides=ov)
+        except UserError as e:
+            err = err or e
+    raise err
+
+
+def apply(layers, steps) -> list:
+    from .. import methods
+
+    return [r.weight for r in methods.apply_model(layers, steps)]
+
+
+def pack_like(weight, base):
+    """Pack transformed weights exactly as ``base`` was packed. Integer formats keep the original
+    per-channel scale: re-deriving it from pruned weights would re-quantise them and undo the pruning."""
+    from ..planes import pack, pack_raw
+
+    if base.scale is None:
+        return pack(weight, base.fmt, base.group, base.align, base.axis)
+    w = np.asarray(weight, dtype=np.float64)
+    sc = np.asarray(base.scale, dtype=np.float64).reshape([-1] + [1] * (w.ndim - 1))
+    q = np.clip(np.rint(w / sc), -base.fmt.qmax, base.fmt.qmax).astype(np.int64)
+    return pack_raw(base.fmt.encode(q), base.fmt, base.group, base.align, base.axis, scale=base.scale)
+
+
+def profile_rows(task: Task, model: str, layers, planes: dict, method: str, base: dict | None) -> list[dict]:
+    """Bit-sparsity rows of a model's weights (per layer and whole model) in the task's format and group."""
+
+    from ..profile import counts, merge, stats
+
+    kw = dict(method=method, format=task.format, group=task.group)
+    rows, cs = [], []
+    hist = None
+    changed = ones_base = 0
+    for L in layers:
+        p = planes[L.name]
+        c = counts(p)
+        cs.append(c)
+        st = stats(c)
+        rows += [results.row(model, L.name, k, st[k], **kw)
+                 for k in ("values", "zero_value_frac", "zero_bit_frac", "mean_essential_bits")]
+        rows += [results.row(model, L.name, f"occupancy_s{i:02d}", v, **kw)
+                 for i, v in enumerate(st["plane_occupancy"])]
+        ess = np.bitwise_count(p.magnitudes())
+        valid = ((p.valid[:, None] >> np.arange(p.group, dtype=np.uint64)) & np.uint64(1)).astype(bool)
+        h = np.bincount(ess[valid].ravel(), minlength=p.nbits + 1)
+        hist = h if hist is None else hist + h  # one format per setting: the same number of planes
+        if base is not None:
+            b = base[L.name]
+            if b.words.shape == p.words.shape:
+                changed += int(np.bitwise_count(b.words ^ p.words).sum())
+            ones_base += int(np.bitwise_count(b.words).sum())
+    if not cs:
+        return rows
+    st = stats(merge(cs))
+    rows += [results.row(model, results.WHOLE, k, st[k], **kw)
+             for k in ("values", "zero_value_frac", "zero_bit_frac", "mean_essential_bits")]
+    rows += [results.row(model, results.WHOLE, f"occupancy_s{i:02d}", v, **kw)
+             for i, v in enumerate(st["plane_occupancy"])]
+    rows += [results.row(model, results.WHOLE, f"essential_hist_{k:02d}", v, **kw) for k, v in enumerate(hist)]
+    if base is not None:
+        rows.append(results.row(model, results.WHOLE, "changed_bit_frac", changed / max(ones_base, 1), **kw))
+    return rows
+
+
+# ---- compare units --------------------------------------------------------------------------------------------
+def accuracy_records(model: str, items, limit, say) -> dict:
+    """{numerics key: evaluate.Records} of the original ('original') and of every design numerics (with its
+    software method, if any) on the same samples in the same order, so every change can be paired."""
+    from .. import designs, evaluate
+
+    m = evaluate.load_model(model)
+    task = m.builtin.task
+    batches = list(evaluate._batches(task, m.builtin, None, limit))
+    if not batches:
+        raise UserError(f"no {task} data to evaluate")
+    out = {"original": evaluate._run(task, m, batches)}
+    say(1 / (len(items) + 1))
+    for i, (key, num, d, method) in enumerate(items):
+        steps = d.method_steps(method) if method else ()
+        with designs.computing(m, num, steps, batches[:1]):
+            out[key] = evaluate._run(task, m, batches)
+        say((i + 2) / (len(items) + 1))
+    return out
+
+
+def simulate_design(model: str, layers, d, methods: tuple, activations: int, seed: int,
+                    say) -> list[dict]:
+    """Per-layer and whole-model rows of design ``d`` (method '') and of each method composed before it."""
+    from .. import methods as methods_mod
+    from .. import simulate as sim_mod
+    from ..accel import tiling
+
+    sim = sim_mod.Simulator(sim_mod.Run(accels=[d.accel], fmt=d.fmt, sets={d.accel: d.overrides} if d.sets else {},
+                                        seed=seed, inferences=activations))
+    weights = {"": None}
+    for spec in methods:
+        weights[spec] = [r.weight for r in methods_mod.apply_model(layers, d.method_steps(spec))]
+    per: dict[str, list] = {k: [] for k in weights}
+    for i, L in enumerate(layers):
+        wl = tiling.from_layer(L)
+        acache: dict = {}
+        for label, ws in weights.items():
+            res = sim_mod.layer_results(sim, wl, None if ws is None else ws[i], acache)
+            per[label] += sim_mod.layer_rows(sim, model, label, wl, res)
+        say((i + 1) / len(layers))
+    rows = []
+    for label, lr in per.items():
+        rows += lr + sim_mod.whole_rows(sim, model, label, lr)
+    for r in rows:  # the design's name (dense is named by its format, overrides shown)
+        if r["accel"] == d.accel:
+            r["accel"] = d.name
+        elif r["accel"] == "dense":
+            r["accel"] = f"dense@{d.fmt}"
+    return [r for r in rows if r["accel"] == d.name or (d.accel == "dense")]
+
+
+def activation_profile_rows(model: str, layers) -> list[dict]:
+    """Per-layer bit profile of the captured input activations (int16, per-layer scale), whole model too."""
+    from .. import formats
+    from ..planes import pack
+    from ..profile import counts, merge, stats
+
+    fmt = formats.get("int16")
+    cs, rows = [], []
+    for L in layers:
+        a = getattr(L, "activation", None)
+        if a is None:
+            continue
+        a = np.asarray(a, np.float32)
+        p = pack(a.reshape(a.shape[0], a.shape[1], -1) if a.ndim >= 3 else a.reshape(-1, a.shape[-1]), fmt, 16,
+                 per_channel=False)
+        c = counts(p)
+        cs.append(c)
+        st = stats(c)
+        for k in ("zero_value_frac", "zero_bit_frac", "mean_essential_bits"):
+            rows.append(results.row(model, L.name, f"act_{k}", st[k], format="int16", group=16))
+    if cs:
+        st = stats(merge(cs))
+        for k in ("zero_value_frac", "zero_bit_frac", "mean_essential_bits"):
+            rows.append(results.row(model, results.WHOLE, f"act_{k}", st[k], format="int16", group=16))
+    return rows
