@@ -9,9 +9,10 @@ index format are not public).
 Cycles of a tile (``count`` = ``bitsim``, the default): per PE row, the number of non-zero bit columns of its
 group's 8-bit sign-magnitude weights, the sign column included; the tile takes the slowest row, minus one
 (BitSim returns ``max(columns) - 1``). ``count`` = ``magnitude`` is the reading of the paper that the sign
-column is free: non-zero magnitude columns, no minus one. (The two agree on a group holding a negative
-weight and differ by one cycle on a group of non-negative weights.) A tile of all-zero weights costs 0
-(BitSim's rule would give -1 there; no tested layer has one). Per layer: tile cost x ceil(ow / C) x oh, as
+column is free: non-zero magnitude columns, no minus one. (The two agree on a tile whose slowest row
+holds a negative weight; otherwise BitSim's is one cycle less, so a tile of non-negative weights with a
+single non-zero column costs 0.) A tile of all-zero weights costs 0 (BitSim's rule would give -1 there; no
+tested layer has one). Per layer: tile cost x ceil(ow / C) x oh, as
 every BitSim weight-serial model.
 
 Dataflow: BitSim's own evaluation (``sim/test_bitwave.py``: ``Bitwave(w_prec, 8, 8, [32, 16],
