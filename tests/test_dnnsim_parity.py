@@ -18,7 +18,8 @@ from bitsieve.accel import tiling
 from bitsieve.simulate import Run, Simulator
 
 DATA = Path(__file__).parent / "data" / "dnnsim"
-CASES = ("lenet-mnist", "mtcnn-rnet", "resnet-layer")
+CASES = ("lenet-mnist", "mtcnn-rnet", "resnet-layer", "depthwise-layer")
+DEPTHWISE = {"depthwise": "dnnsim"}  # the depthwise case runs with DNNsim's mapping (bitsieve's default differs)
 CONFIGS = (
     [("dense", {"tiles": t}) for t in (16, 1)]
     + [("stripes", {"tiles": t}) for t in (16, 1)]
@@ -32,6 +33,13 @@ CONFIGS = (
 )
 
 
+def _exact(w: np.ndarray, a: np.ndarray, q: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every filter and the activations reach the format's maximum: symmetric quantisation is the identity."""
+    w[:, 0, 0, 0] = q
+    a[0, 0, 0, 0] = q
+    return w.astype(np.float32), a.astype(np.float32)
+
+
 def _resnet_layer(fmt: str) -> tiling.Workload:
     """A ResNet-18 layer-2 3x3 conv (128 -> 128 channels, 28 x 28, padding 1) of seeded integers whose
     symmetric quantisation is the identity (every filter and the activations reach the format's maximum), so
@@ -40,11 +48,21 @@ def _resnet_layer(fmt: str) -> tiling.Workload:
     rng = np.random.default_rng(15)
     w = np.clip(np.rint(rng.normal(size=(128, 128, 3, 3)) * q / 8), -q, q)
     w[rng.random(w.shape) < 0.5] = 0
-    w[:, 0, 0, 0] = q
     a = np.clip(np.rint(np.maximum(rng.normal(size=(1, 128, 28, 28)), 0) * q / 6), 0, q)
     a[rng.random(a.shape) < 0.3] = 0
-    a[0, 0, 0, 0] = q
-    return tiling.Workload.conv(w.astype(np.float32), a.astype(np.float32), padding=1, name="res2")
+    return tiling.Workload.conv(*_exact(w, a, q), padding=1, name="res2")
+
+
+def _depthwise_layer(fmt: str) -> tiling.Workload:
+    """A MobileNet-style 3x3 depthwise conv (40 channels: two full bricks and a partial one, 14 x 14, padding 1)
+    of seeded signed integers."""
+    q = formats.get(fmt).qmax
+    rng = np.random.default_rng(16)
+    w = np.clip(np.rint(rng.normal(size=(40, 1, 3, 3)) * q / 4), -q, q)
+    w[rng.random(w.shape) < 0.3] = 0
+    a = np.clip(np.rint(rng.normal(size=(1, 40, 14, 14)) * q / 6), -q, q)
+    a[rng.random(a.shape) < 0.3] = 0
+    return tiling.Workload.conv(*_exact(w, a, q), padding=1, groups=40, name="dw")
 
 
 @lru_cache(maxsize=None)
@@ -52,6 +70,8 @@ def case_workloads(case: str, fmt: str) -> tuple[str, list]:
     """(DNNsim network name, workloads) of a case."""
     if case == "resnet-layer":
         return case, [_resnet_layer(fmt)]
+    if case == "depthwise-layer":
+        return case, [_depthwise_layer(fmt)]
     from bitsieve import model
 
     m = model.load(case, activations=1)
@@ -74,7 +94,8 @@ def test_dnnsim_compute_cycles_match(case, fmt):
     bad = []
     for table, (accel, sets) in zip(doc["tables"], CONFIGS):
         assert (table["accel"], table["set"]) == (accel, json.loads(json.dumps(sets)))
-        sim = Simulator(Run(accels=[accel], fmt=fmt, sets={accel: dict(sets)}))
+        extra = DEPTHWISE if case == "depthwise-layer" else {}
+        sim = Simulator(Run(accels=[accel], fmt=fmt, sets={accel: dict(sets, **extra)}))
         for wl in convs:
             got = sim.layer(wl)[accel].cycles
             want = table["compute_cycles"][wl.name]

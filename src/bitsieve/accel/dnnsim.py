@@ -113,6 +113,7 @@ def dense_streams(st: tiling.Streams, step: float) -> float:
     """Same-dataflow dense reference: every step of every stream costs ``step`` cycles."""
     return st.combine(np.full(st.idx.shape[0], st.idx.shape[1] * step, dtype=np.float64))
 
+
 # ---- a ready DNNsim work folder ------------------------------------------------------------------------------
 DNNSIM_COMMIT = "4748a60"
 DNNSIM_PATCHES = (

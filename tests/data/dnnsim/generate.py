@@ -1,6 +1,7 @@
 """Regenerate the DNNsim reference tables of tests/test_dnnsim_parity.py (facts from DNNsim, checked in).
 
-    python tests/data/dnnsim/generate.py /path/to/DNNsim-checkout   # built, patched (accel.dnnsim.DNNSIM_PATCHES)
+    python tests/data/dnnsim/generate.py /path/to/DNNsim-checkout [CASE ...]  # built and patched
+                                                                            # (accel.dnnsim.DNNSIM_PATCHES)
 
 For every case (lenet-mnist, mtcnn-rnet with one captured input, one ResNet-sized 3x3 layer of seeded
 integers; int16 and int8) it writes a bitsieve export of the case with one DNNsim experiment per
@@ -44,7 +45,7 @@ def compute_cycles(results: Path) -> dict:
 
 def main(dnnsim: Path) -> None:
     binary = dnnsim / "DNNsim"
-    for case in CASES:
+    for case in sys.argv[2:] or CASES:
         for fmt_name in ("int16", "int8"):
             fmt = formats.get(fmt_name)
             net, workloads = case_workloads(case, fmt_name)
