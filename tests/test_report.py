@@ -1,4 +1,5 @@
-"""The HTML report: structure, captions, self-containment, the Pareto rule, and a headless-Chromium screenshot."""
+"""The HTML report: structure, captions, self-containment, the Pareto rule, the compare report (designs, curves
+with error bars, per-layer savings, bit profiles, provenance), readable text, and a headless-Chromium screenshot."""
 import base64
 import io
 import math
@@ -48,6 +49,68 @@ def synthetic_rows(models=("netA",), fmts=("fp32",), groups=(64,), n_layers=6, s
                         rows += [row(model, "*", f"energy_pj.{p}", e, method=m, accel=a, **kw)
                                  for p, e in parts.items()]
                         rows.append(row(model, "*", "energy_pj", sum(parts.values()), method=m, accel=a, **kw))
+    return rows
+
+
+COMPARE_DESIGNS = [("dense@fp32", "fp32"), ("dense@int16", "int16"), ("stripes", "int16"), ("pragmatic", "int16"),
+                   ("bitx", "fp32"), ("bitlet", "fp32")]
+#: knob variants in a scrambled order (the report sorts them by the knob); bitx's default keep is 6
+KNOB_VARIANTS = {"bitx": ["bitx[keep=8]", "bitx[keep=2]", "bitx[keep=6]", "bitx[keep=4]"],
+                 "bitlet": ["bitlet[prune=0xffff00]", "bitlet[prune=0xff0000]"]}
+METHOD_ROWS = [("bitx", "bbs"), ("bitx", "truncate:keep=6")]
+PROVENANCE = {"command": "bitsieve compare netC --accel bitx,bitlet", "model": "netC", "samples": 500, "seed": 0,
+              "versions": "bitsieve 0.0, numpy 2 <test>", "formats": "bitx + bbs: bbs in fp32", "wall seconds": 12.5}
+
+
+def compare_rows(model="netC", n_layers=5, seed=0, accuracy=True):
+    """Rows in the contract of ``bitsieve compare``: simulator rows per layer and per model (group 64), the
+    fp32 weight and int16 activation profiles, one block of design rows per design, method and knob variant
+    (group 0), the original model and per-layer sensitivity of bitx. Made-up values: stripes and pragmatic
+    have the same per-layer speed-ups, dense 1.0 on every layer."""
+    rng = np.random.default_rng(seed)
+    layers = [f"block{i}.conv" for i in range(n_layers)]
+    rows = []
+    shared = 1 + 2 * rng.random(n_layers)  # stripes == pragmatic per layer
+    for name, fmt in COMPARE_DESIGNS:
+        sp = (np.ones(n_layers) if name.startswith("dense") else shared if name in ("stripes", "pragmatic")
+              else 1 + 5 * rng.random(n_layers))
+        for L, s in zip(layers, sp):
+            cyc = 1e5 * (1 + rng.random()) / s
+            rows += [row(model, L, "cycles", cyc, accel=name, format=fmt, group=64),
+                     row(model, L, "speedup", s, accel=name, format=fmt, group=64),
+                     row(model, L, "dram_cycles", 0.3 * cyc, accel=name, format=fmt, group=64)]
+        # the simulator's whole-model rows share layer '*' and accel with the design rows (group differs)
+        rows.append(row(model, "*", "energy_pj", 1e12, accel=name, format=fmt, group=64))
+    if accuracy:
+        rows += [row(model, L, "sensitivity_delta", -3 * rng.random(), accel="bitx", format="fp32")
+                 for L in layers]
+    for who, fmt, g, prefix in (("w", "fp32", 64, ""), ("a", "int16", 16, "act_")):
+        for L in [*layers, "*"]:
+            for k, v in (("zero_bit_frac", 0.4 + 0.3 * rng.random()), ("zero_value_frac", 0.3 * rng.random()),
+                         ("mean_essential_bits", 3 + 8 * rng.random())):
+                rows.append(row(model, L, prefix + k, v, format=fmt, group=g))
+    entries = [(n, "", f) for n, f in COMPARE_DESIGNS] + [(a, m, "fp32") for a, m in METHOD_ROWS]
+    entries += [(v, "", "fp32") for vs in KNOB_VARIANTS.values() for v in vs]
+    for name, method, fmt in entries:
+        kw = dict(method=method, accel=name, format=fmt)
+        keep = int(report.design_params(name)[1].get("keep", 6)) if name.startswith("bitx") else 6
+        prune = report.design_params(name)[1].get("prune", "0xffffff")
+        sp = {"dense": 1.0, "stripes": 1.3, "pragmatic": 2.6, "bitlet": 1.6 + 0.4 * prune.count("00")}.get(
+            report.design_params(name)[0].split("@")[0], 12.0 / keep + (0.3 if method else 0.0))
+        acc = 80 - (8 - keep) * 1.5 - (0.5 if method else 0.0) - 0.5 * prune.count("00")
+        metrics = {"speedup": sp, "speedup_latency": sp * 0.9, "speedup_iso_area": sp * 0.7,
+                   "cycles": 1e6 / sp, "latency_cycles": 1.2e6 / sp, "dram_cycles": 2e5, "energy_pj": 4e6 / sp,
+                   "energy_pj.compute": 2e6 / sp, "energy_pj.sram": 1.5e6 / sp, "energy_pj.dram": 0.5e6 / sp,
+                   "tops_per_w": 2.0 * sp, "gops_per_mm2": 50 * sp, "area_mm2": 0.5}
+        if accuracy:
+            metrics.update({"accuracy": acc, "accuracy_ci_low": acc - 3, "accuracy_ci_high": acc + 2.5,
+                            "n_samples": 500, "accuracy_delta": acc - 80, "accuracy_delta_ci_low": acc - 81,
+                            "accuracy_delta_ci_high": acc - 79.5, "agreement": 0.97})
+        rows += [row(model, "*", k, v, **kw) for k, v in metrics.items()]
+    if accuracy:
+        rows += [row(model, "*", k, v, accel="original", format="fp32")
+                 for k, v in (("accuracy", 80.0), ("accuracy_ci_low", 77.0), ("accuracy_ci_high", 82.5),
+                              ("n_samples", 500), ("saturated", 0.0))]
     return rows
 
 
@@ -148,10 +211,11 @@ def _chromium():
 
 
 @pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed (Debian: apt-get install chromium)")
-def test_report_screenshot_in_headless_chromium(tmp_path):
-    rows = synthetic_rows()
+@pytest.mark.parametrize("kind", ["sweep", "compare"])
+def test_report_screenshot_in_headless_chromium(tmp_path, kind):
+    rows = synthetic_rows() if kind == "sweep" else compare_rows()
     page = tmp_path / "report.html"
-    report.write(rows, page, title="screenshot test")
+    report.write(rows, page, title="screenshot test", provenance=PROVENANCE)
     shot = tmp_path / "shot.png"
     cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
            "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
@@ -173,3 +237,102 @@ def test_report_screenshot_in_headless_chromium(tmp_path):
     bands = [(sat[i:i + 500] > 60).mean() > 0.01 for i in range(0, 3000, 500)]
     assert sum(bands) >= 3
     assert not math.isnan(grey.mean())
+
+
+def _errorbars(fig):
+    """The error-bar containers of a figure and how many vertical bars they draw."""
+    from matplotlib.container import ErrorbarContainer
+
+    bars = [c for ax in fig.axes for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    return bars, sum(len(c.lines[2][0].get_segments()) for c in bars if c.lines[2])
+
+
+def _assert_readable(fig):
+    """Shown 1:1 in the page column, no text under 11 px (what a 1400 px window shows)."""
+    from matplotlib.text import Text
+
+    report._png(fig)  # lay out and draw, so every tick label exists
+    assert fig.get_figwidth() * fig.dpi <= report.MAX_FIG_PX
+    sizes = [t.get_fontsize() * fig.dpi / 72 for t in fig.findobj(Text) if t.get_visible() and t.get_text()]
+    assert sizes and min(sizes) >= 11, min(sizes)
+
+
+def test_compare_report(tmp_path):
+    rows = compare_rows()
+    assert report.is_compare(rows) and not report.is_compare(synthetic_rows())
+    # the report reads the same rows back from CSV
+    rows = results.from_csv(results.to_csv(rows))
+    html = report.build(rows, title="compare test", source="bitsieve compare", provenance=PROVENANCE)
+    p = _Parse()
+    p.feed(html)
+    for section in ("m0-designs", "m0-curves", "m0-energy", "m0-layers", "m0-profiles", "provenance"):
+        assert f'id="{section}"' in html and f'href="#{section}"' in html, section
+    # curves, energy, per-layer savings + sensitivity, bit profiles: nothing from the sweep's per-setting panels
+    assert len(p.imgs) == len(p.captions) == 4
+    for src in p.imgs:
+        arr = np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("L"), dtype=float)
+        assert arr.std() > 10, "a plot is blank"
+    assert all("Model netC" in c for c in p.captions)
+    assert "Pareto" not in html and "Speed-up per accelerator" not in html
+    # the design table (defaults and methods) and the knob table, intervals and sample counts in the cells
+    assert p.tables == 2 and p.scripts == 1 and not p.links
+    assert "Energy is per inference" in html and "energy / inference" in html
+    assert 'data-v="0.6">0.6</td>' in html  # bitx's latency, 6e5 cycles, in Mcycles
+    assert "77.00 [74.0, 79.5]" in html and "-3.00 [-4.0, -2.5]" in html and 'class="neg"' in html
+    assert "Original model: accuracy 80.00 [77.0, 82.5] on 500 samples." in html
+    for name, _ in COMPARE_DESIGNS:
+        assert f'<td class="t">{name}</td>' in html
+    assert '<td class="t">truncate:keep=6</td>' in html and '<td class="t">bitx[keep=2]</td>' in html
+    knob_table = html.split("over their knob")[1]
+    assert [knob_table.index(f"bitx[keep={k}]") for k in (2, 4, 6, 8)] == sorted(
+        knob_table.index(f"bitx[keep={k}]") for k in (2, 4, 6, 8))
+    # energy per inference comes from the design rows, not the simulator's whole-model rows (1e12 pJ)
+    assert "2 µJ" in html and "1e+03 mJ" not in html
+    # provenance: every entry, escaped
+    for k, v in PROVENANCE.items():
+        assert f"<th>{k}</th><td>{__import__('html').escape(str(v))}</td>" in html
+    # per-layer panels only where they say something
+    cap = next(c for c in p.captions if "saves per layer" in c)
+    assert "dense@fp32, dense@int16: the same speed-up on every layer" in cap
+    assert "pragmatic: the same per-layer speed-ups as stripes" in cap and "only that layer is pruned (bitx)" in cap
+
+
+def test_compare_figures_data():
+    d = report.Designs(compare_rows(), "netC")
+    fig = report.fig_design_curves(d)
+    bars, segments = _errorbars(fig)
+    # bitx: 4 knob points + default + 2 methods; bitlet: 2 knob points + default; 4 designs without a knob
+    assert segments == 4 + 1 + 2 + 2 + 1 + 4
+    bitx = next(c for c in bars if c.get_label() == "bitx over keep")
+    x, y = (np.asarray(v, dtype=float) for v in bitx.lines[0].get_data())
+    assert list(y) == [80 - (8 - k) * 1.5 for k in (2, 4, 6, 8)] and list(x) == [12 / k for k in (2, 4, 6, 8)]
+    lo, hi = (seg[:, 1] for seg in np.array(bitx.lines[2][0].get_segments()).transpose(1, 0, 2))
+    assert np.allclose(lo, y - 3) and np.allclose(hi, y + 2.5)
+    assert {"bitx (default)", "bitlet (default)", "bbs on bitx", "truncate:keep=6 on bitx", "stripes"} <= {
+        c.get_label() for c in bars}
+    texts = {t.get_text() for t in fig.axes[0].texts}
+    assert {"2", "4", "6", "8", "0xff0000", "0xffff00"} <= texts
+    shown, flat, same = report.layer_panels(d)
+    assert shown == ["stripes", "bitx", "bitlet"] and flat == ["dense@fp32", "dense@int16"]
+    assert same == {"pragmatic": "stripes"}
+    layers = report.fig_layer_savings(d, shown)
+    assert len(layers.axes) == len(shown) + 1  # + bitx's sensitivity, right under its savings
+    assert "only this layer" in layers.axes[2].get_ylabel() and layers.axes[3].get_ylabel().startswith("bitlet")
+    saved = [p.get_height() for p in layers.axes[1].patches]  # bitx: cycles x (speed-up - 1), Mcycles
+    cyc, sp = d.layer[("bitx", "", "cycles")], d.layer[("bitx", "", "speedup")]
+    assert np.allclose(saved, [(cyc[L] * (sp[L] - 1)) / 1e6 for L in cyc])
+    prof = report.fig_bit_profiles(d)
+    assert len(prof.axes) == 3
+    assert {t.get_text() for t in prof.axes[0].get_legend().get_texts()} == {
+        "weights (fp32, groups of 64)", "activations (int16, groups of 16)"}
+    for f in (fig, report.fig_design_energy(d), layers, prof):
+        _assert_readable(f)
+
+
+def test_compare_report_without_accuracy():
+    html = report.build(compare_rows(accuracy=False))
+    p = _Parse()
+    p.feed(html)
+    assert "No accuracy was measured" in html and "Original model" not in html
+    assert len(p.imgs) == 3  # energy, per-layer savings, bit profiles
+    assert 'id="provenance"' not in html  # none was given
