@@ -166,18 +166,21 @@ def compare(
             return None if isinstance(x, float) and not math.isfinite(x) else x
 
         print(json.dumps(clean({"model": model, "report": path, "limit": p.limit, "original": orig,
-                                "designs": data, "warnings": res["warnings"], "wall_s": res["wall_s"],
+                                "designs": data, "published": res["published"], "warnings": res["warnings"],
+                                "wall_s": res["wall_s"],
                                 "unit_seconds": res["seconds"], "rows": len(rows)})))
         return
     main_rows = [r for r in data if "[" not in r["design"] or r["method"]]
     out.print(cmp.rich_table(main_rows, p, cmp.metric_label(model), orig))
-    notes = {r["design"]: r["note"] for r in data if r["note"]}
+    notes = {r["design"]: r["note"] for r in main_rows if r["note"]}
     for name, note in notes.items():
         out.print(f"[dim]{name}: {note}[/]")
     out.print("[dim]speed-up same array: over the dense reference of the same array and schedule; iso-area: "
               "latency (per-layer max of compute and DRAM) over the dense design in the same format scaled to "
               "equal area; energy per inference; TOPS/W at the design's energy, GOPS/mm2 at "
               f"{cmp.CLOCK_GHZ:g} GHz.[/]")
+    if res["published"]:
+        out.print(cmp.published_table(res["published"]))
     for w in res["warnings"]:
         out.print(f"[yellow]{w}[/]")
     out.print(f"report: {path}   ({res['wall_s']:.0f} s, {res['workers']} workers)")

@@ -215,8 +215,28 @@ def run(p: Plan, *, workers: int | None = None, console=None, backend: str = "lo
     finally:
         _CACHE.clear()
     rows = assemble(p, {u: out.get(id(u)) for u in p.units})
-    return {"rows": rows, "warnings": warnings, "seconds": seconds, "wall_s": time.perf_counter() - t0,
-            "workers": workers}
+    pub = published_rows(p.model, {d.accel for d in p.designs})
+    return {"rows": rows + pub, "warnings": warnings, "seconds": seconds, "wall_s": time.perf_counter() - t0,
+            "workers": workers, "published": [r for r in _published() if r["design"] in {d.accel for d in p.designs}]}
+
+
+def _published() -> list[dict]:
+    from .accel import published
+
+    return published.published_comparison()
+
+
+def published_rows(model: str, accels: set) -> list[dict]:
+    """The seed papers' power / area / efficiency next to our model of the design configured as published
+    (``accel.published``): rows with method 'published', metrics ``<quantity>.paper`` / ``.model`` / ``.ratio``."""
+    out = []
+    for r in _published():
+        if r["design"] not in accels:
+            continue
+        for k in ("paper", "model", "ratio"):
+            out.append(results.row(model, results.WHOLE, f"{r['quantity']}.{k}", r[k], method="published",
+                                   accel=r["design"], format=r["format"]))
+    return out
 
 
 # ---- assembling the design rows ------------------------------------------------------------------------------
@@ -362,6 +382,19 @@ def _energy(pj) -> str:
         if pj >= scale:
             return f"{pj / scale:.3g} {unit}"
     return f"{pj:.3g} pJ"
+
+
+def published_table(pub: list[dict]):
+    from rich.table import Table
+
+    t = Table(title="Published power, area and efficiency against our model of each design configured as "
+                    "published (tolerance: power 2x, area 1.5x)")
+    for c in ("design", "format", "quantity", "paper", "model", "ratio", "within", "why not / note"):
+        t.add_column(c, justify="right" if c in ("paper", "model", "ratio") else "left", overflow="fold")
+    for r in pub:
+        t.add_row(r["design"], r["format"], r["quantity"], f"{r['paper']:.4g}", f"{r['model']:.4g}",
+                  f"{r['ratio']:.2f}", "yes" if r["within"] else "[red]no[/]", r.get("reason") or "")
+    return t
 
 
 def default_output(model: str) -> str:

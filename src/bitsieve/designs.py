@@ -110,13 +110,18 @@ class Design:
         c = self.config()
         f = formats.get(self.fmt)
         fmt = f.name[:-2] if (not f.is_float and f.twos) else f.name  # same integers, sign-magnitude reading
+        nb, k = formats.get(fmt).nbits, c.get("keep", 1)
+        by_construction = (f"speed-up near {nb}/{k} = {nb / k:.2f} by construction (plane-serial: a group costs "
+                           f"its kept planes, and nearly every group has {k} non-empty ones); what the design "
+                           f"earns is its accuracy at keep={k}")
         if self.accel == "bitx":
             return Numerics(fmt, (f"bitx:keep={c['keep']},score={c['score']},format={fmt},group={c['group']},"
-                                  f"layout={c['layout']}",))
+                                  f"layout={c['layout']}",),
+                            note=by_construction if c["model"] == "planeserial" else "")
         if self.accel == "bitxpro":
             return Numerics(fmt, (f"bitxpro:keep={c['keep']},tile={c['rows']},cap={c['cap']},"
                                   f"drop={str(c['drop']).lower()},score={c['score']},format={fmt},"
-                                  f"group={c['group']},layout={c['layout']}",))
+                                  f"group={c['group']},layout={c['layout']}",), note=by_construction)
         if self.accel == "bitlet" and f.is_float:
             grouping = "flat" if c["layout"] == "flat" else "tap"
             note = ("" if c["layout"] in ("channel", "flat") else

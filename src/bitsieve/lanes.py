@@ -123,7 +123,7 @@ def to_lanes(w: np.ndarray, lay: Layout) -> np.ndarray:
 def from_lanes(v: np.ndarray, lay: Layout, shape) -> np.ndarray:
     """The inverse of ``to_lanes``: [O, J, G] lanes -> an array of the weight's own ``shape``."""
     O, cw, kh, kw = lay.shape
-    taps, G = kh * kw, lay.G
+    taps = kh * kw
     v = np.asarray(v).reshape(O, -1)
     if lay.mode == "channel":
         w3 = v.reshape(O, taps, -1)[:, :, :cw].transpose(0, 2, 1)
@@ -134,15 +134,18 @@ def from_lanes(v: np.ndarray, lay: Layout, shape) -> np.ndarray:
     return np.ascontiguousarray(w3).reshape(shape)
 
 
-def quantized(w: np.ndarray, fmt: formats.Format, reference=None) -> tuple[np.ndarray, np.ndarray | None]:
+def quantized(w: np.ndarray, fmt: formats.Format, reference=None,
+              grid: formats.Format | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """int64 integers of a float weight and the per-output-channel scale (decision 2); the scale comes from
-    ``reference`` (e.g. the weights before a method) when given, so values on that grid stay put."""
+    ``reference`` (e.g. the weights before a method) when given, so values on that grid stay put. ``grid``: the
+    integer format whose steps the scale follows when ``fmt`` is a wider container (BitVert packs int8 data in
+    int10tc, so zero-point-shifted weights beyond +-127 are kept, not clipped); values clip to ``fmt``."""
     if fmt.is_float:
         return np.asarray(w, np.float32), None
     if fmt.frac or fmt.name.startswith("q"):
         return fmt.quantize(w, axis=0)[0], None
     ref = w if reference is None else np.asarray(reference, np.float32).reshape(np.shape(w))
-    _, scale = fmt.quantize(ref, axis=0)
+    _, scale = (grid or fmt).quantize(ref, axis=0)
     q = np.rint(np.asarray(w, np.float64) / scale.reshape((-1,) + (1,) * (np.ndim(w) - 1)))
     lo = -(1 << (fmt.width - 1)) if fmt.twos else -fmt.qmax
     return np.clip(q, lo, fmt.qmax).astype(np.int64), scale.reshape(-1)
@@ -166,11 +169,13 @@ def pack_weight(weight, fmt, G: int, mode: str = "auto", align: str = "none", *,
                 round_to: str = "") -> tuple[Planes, Layout]:
     """THE grouping function: a weight in ``fmt``'s lanes of ``G`` per group, its layout. ``values()`` of the
     planes are real weights in lanes; ``from_lanes`` puts them back. ``round_to``: round float values to that
-    float format first (bf16 data in an fp32 datapath)."""
+    float format first (bf16 data in an fp32 datapath); for an integer container, the data's integer format whose
+    grid the values follow (``quantized``)."""
     fmt = formats.get(fmt) if isinstance(fmt, str) else fmt
     w = np.asarray(weight, dtype=np.float32)
     lay = layout(w.shape, G, mode)
-    q, scale = quantized(w, fmt, reference)
+    grid = formats.get(round_to) if round_to and not fmt.is_float else None
+    q, scale = quantized(w, fmt, reference, None if grid is None or grid.is_float else grid)
     vals = to_lanes(q, lay)
     if round_to and fmt.is_float:
         r = formats.get(round_to)

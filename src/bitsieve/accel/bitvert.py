@@ -40,7 +40,7 @@ import re
 
 import numpy as np
 
-from .. import formats, lanes
+from .. import formats
 from ..errors import UserError
 from . import tiling
 from .wserial import WeightSerial, result, row_share
@@ -99,10 +99,10 @@ class BitVert(WeightSerial):
 
     def pack_format(self, fmt, cfg):
         """Two's complement; 2 bits wider than plain int<w> data once the lane packer quantises integers on
-        the data's grid and clips them to the wider format (``lanes.INTEGER_GRID``), so zero-point-shifted
+        the data's grid and clips them to the wider format (``lanes.quantized``'s ``grid``), so zero-point-shifted
         weights (up to +-(2^(w-1) - 1 + 2^(const_bits-1))) keep their uniform low planes instead of being
         clipped to int<w>."""
-        if getattr(lanes, "INTEGER_GRID", False) and re.fullmatch(r"int\d+(tc)?", fmt.name):
+        if re.fullmatch(r"int\d+(tc)?", fmt.name):
             return formats.get(f"int{fmt.width + 2}tc")
         return fmt if fmt.twos else formats.get(fmt.name + "tc")
 

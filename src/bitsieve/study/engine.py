@@ -99,7 +99,9 @@ def _pool(units, fn, workers, say) -> Iterator[Done]:
                         break
                     say(units[i], f)
                 for fut in done:
-                    yield fut.result()
+                    d = fut.result()
+                    d.unit = futs[fut]  # the caller's own object, not the worker's copy
+                    yield d
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
@@ -129,7 +131,9 @@ def _ray(units, fn, workers, address) -> Iterator[Done]:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             for ref in ready:
-                yield ray.get(ref)
+                d = ray.get(ref)
+                d.unit = refs[ref]
+                yield d
     finally:
         if started:
             ray.shutdown()
