@@ -5,9 +5,16 @@ sign-magnitude (DNNsim converts every value to its magnitude, ``base/src/Array.c
 bricks read at padded input positions. The per-model rule is a cost per activation brick (or per brick x
 weight) that ``tiling.dnnsim_streams`` turns into [steps, columns] and ``kernels.column_sync`` into cycles.
 
-Linear layers map their tokens to the columns (a transformer's tokens, a CNN classifier's batch). DNNsim's
-batch-1 inner-product mode instead deals successive input bricks to the columns round-robin; with at least
-as many tokens as columns the two schedules do the same work per column.
+Two choices where bitsieve deliberately differs from DNNsim, each a parameter with DNNsim's behaviour
+available: ``linear`` = 'tokens' (bitsieve: a linear layer's tokens, a transformer's sequence or a
+classifier's batch, fill the columns like windows) or 'dnnsim' (``WindowFirstOutS`` runs one token at a time:
+its input bricks go one call each to the columns in turn, ``kernels.issue_cycles``; from the second filter
+pass on, a call reads the column it lands on, which holds that brick only when the pass starts at a multiple
+of the columns, else zeros; the calls overlap, so at batch 1 'tokens', with one token on one column, takes
+several times DNNsim's cycles, while with C or more tokens both do the same work per column); ``depthwise`` =
+'tiles' (bitsieve: the channel bricks of a depthwise conv dealt to all tiles) or 'dnnsim' (DNNsim maps 16
+channels to the 16 rows x 16 lanes of one tile and runs the bricks in turn).
+Bit-Tactical keeps 'tokens' for linear layers (its DNNsim schedule of them is not modelled).
 """
 from __future__ import annotations
 
@@ -107,6 +114,22 @@ def sync_label(cycles: float, busy: float, columns: int, passes: int, what: str 
 def result(cycles, units, effectual, events, bottleneck, share, dense=0.0, **detail) -> LayerResult:
     return LayerResult(float(cycles), float(units), float(effectual), events, bottleneck, float(share), detail,
                        float(dense))
+
+
+def linear_calls(wl, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DNNsim's calls for one token of a linear layer: call s = (filter pass p, input brick j), s = p * J + j;
+    ``reads`` says whether the column it lands on (s mod C) holds brick j (j mod C), else it reads zeros."""
+    J = -(-wl.cw // cfg["lanes"])
+    s = np.arange(-(-wl.out_ch // (cfg["rows"] * cfg["tiles"])) * J)
+    p, j = np.divmod(s, J)
+    return p, j, (s % cfg["columns"]) == (j % cfg["columns"])
+
+
+def linear_dnnsim(call_cost: np.ndarray, wl, cfg) -> float:
+    """Cycles of the 'dnnsim' linear mode from the per-(token, call) costs [tokens, calls]."""
+    from .kernels import issue_cycles
+
+    return float(issue_cycles(call_cost, cfg["columns"]).sum())
 
 
 def dense_streams(st: tiling.Streams, step: float) -> float:

@@ -245,6 +245,32 @@ def column_sync(cost: np.ndarray, active: np.ndarray, registers: int) -> tuple[i
     return int(out[0]), int(out[1])
 
 
+@nb.njit(cache=True, nogil=True)
+def _issue_kernel(cost, C, out):
+    for q in range(cost.shape[0]):
+        free = np.zeros(C, np.int64)
+        now = np.int64(0)
+        for s in range(cost.shape[1]):
+            c = s % C
+            now = max(now, free[c])
+            free[c] = now + cost[q, s]
+            now += 1
+        mx = np.int64(0)
+        for c in range(C):
+            mx = max(mx, free[c])
+        out[q] = mx
+
+
+def issue_cycles(cost: np.ndarray, columns: int) -> np.ndarray:
+    """DNNsim's inner-product issue (``process_linear``): call s of a stream goes to column s mod C, starts
+    once that column is free and at least one cycle after the previous call started; a stream ends with its
+    slowest column. ``cost`` [Q, S] -> cycles [Q]."""
+    cost = np.ascontiguousarray(cost, dtype=np.int64).reshape(-1, np.shape(cost)[-1])
+    out = np.zeros(cost.shape[0], np.int64)
+    _issue_kernel(cost, int(columns), out)
+    return out
+
+
 # ---- Bit-Tactical scheduler (DNNsim BitTactical.cpp) -----------------------------------------------------
 def search_map(shape: str, H: int, D: int) -> np.ndarray:
     """DNNsim's search map [(dt, dlane)], sorted as the constructor sorts it."""
@@ -655,7 +681,7 @@ def _tactical_kernel(M, gcost, ghi, glo, locs, nlocs, ustart, pid, pat_start, pa
                                                 gmax[g] = max(gmax[g], np.int64(tab[e, wb + c]))
                                                 gmin[g] = min(gmin[g], np.int64(tlo[e, wb + c]))
                                     for g in range(ngroups):
-                                        if not act[g * gsize]:  # columns fill in order: a group is live iff its first is
+                                        if not act[g * gsize]:  # columns fill in order: live iff its first is
                                             continue
                                         if minor:
                                             cy = gmax[g] - gmin[g] + 1 if gmin[g] <= gmax[g] else 1 + signed

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import tiling
 from .base import ceil_div
-from .dnnsim import DnnsimModel, brick_values, dense_streams, result
+from .dnnsim import DnnsimModel, brick_values, dense_streams, linear_calls, linear_dnnsim, result
 from .kernels import terms
 
 
@@ -72,6 +72,12 @@ class Laconic(DnnsimModel):
             As = Asum.reshape(G, steps, L)
             eff = float((As * tw.reshape(G, wl.og, steps, L).sum(axis=1)).sum())
         dense = dense_streams(st, B2)
+        if wl.kind == "linear" and cfg["linear"] == "dnnsim":
+            p, j, reads = linear_calls(wl, cfg)
+            Wmax = tiling.row_blocks(tw.reshape(O, steps * L), wl, R * T).max(axis=2).reshape(-1, steps, L)
+            A = ta.astype(np.int64).reshape(-1, steps, L)[:, j]  # [tokens, calls, L]
+            cost = np.where(reads, np.maximum((A * Wmax[p, j][None]).max(axis=2), 1), 1)
+            cycles = linear_dnnsim(cost, wl, cfg)
         units = self.units(cfg, fmt)
         busy = eff / max(cycles * units, 1.0)
         ev = self.events(wl, cfg, fmt, cycles, st)

@@ -9,7 +9,10 @@ activations' essential bits ("oneffsets", after the optional Booth-like recoding
 shifter: each cycle the lowest remaining offset o over the brick is found and every activation may
 retire its lowest term only if it lies in [o, o + 2^b - 1] (b = ``bits_first_stage``); an all-zero brick
 costs one cycle. Columns (windows) share the weights and are synchronised: with ``column_registers`` = 0
-every step waits for the slowest column; with r registers a column may run up to r steps ahead.
+every step waits for the slowest column; with r registers a column starts step s once it is free and the
+slowest column has finished step s - 1 - r (DNNsim's start rule, ``process_mmul``), the column state running
+through the whole layer per sample in DNNsim's issue order (window set, filter pass, step). ``linear`` and
+``depthwise``: see ``accel.dnnsim``.
 
 Hand-worked case (methods.md 7.2): activations {5, 12, 1}: b = 2 -> 2 cycles, b = 0 -> 3 cycles.
 """
@@ -18,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import tiling
-from .dnnsim import DnnsimModel, brick_values, dense_streams, result, stream_costs, sync_label, sync_streams
+from .dnnsim import (DnnsimModel, brick_values, dense_streams, linear_calls, linear_dnnsim, result, stream_costs,
+                     sync_label, sync_streams)
 from .kernels import booth, pragmatic_cycles
 
 
@@ -60,6 +64,9 @@ class Pragmatic(DnnsimModel):
         cost, active = stream_costs(gcost, st)
         cyc, busy = sync_streams(cost, active, cfg["column_registers"])
         cycles = st.combine(cyc)
+        if wl.kind == "linear" and cfg["linear"] == "dnnsim":
+            _, j, reads = linear_calls(wl, cfg)
+            cycles = linear_dnnsim(np.where(reads, gcost.reshape(-1, j.max() + 1)[:, j], 1), wl, cfg)
         lane_terms = np.bitwise_count(masks.astype(np.uint64)).astype(np.int64)
         nterms = lane_terms.sum(axis=1)
         terms_total = float(tiling.tap_sums(wl, lane_terms, cfg["lanes"]).sum())

@@ -19,7 +19,8 @@ import numpy as np
 from .. import formats
 from ..errors import UserError
 from .base import ceil_div
-from .dnnsim import DnnsimModel, brick_values, data_precision, dense_streams, result, stream_costs, sync_label, sync_streams
+from .dnnsim import (DnnsimModel, brick_values, data_precision, dense_streams, linear_calls, linear_dnnsim, result,
+                     stream_costs, sync_label, sync_streams)
 
 
 def precision_values(mags, signs) -> tuple[np.ndarray, bool]:
@@ -67,6 +68,19 @@ def dynamic_cycles(model, wl, cfg, mags, signs, st):
     return cyc, busy, bits, ng
 
 
+def linear_dynamic(mags, signs, wl, cfg) -> np.ndarray:
+    """Per (token, call) costs of the ShapeShifter rule in the 'dnnsim' linear mode: one brick per call (a
+    call landing on another column reads zeros)."""
+    vals, signed = precision_values(mags, signs)
+    hi, lo = brick_precision(vals, signed)
+    _, j, reads = linear_calls(wl, cfg)
+    J = j.max() + 1
+    hi, lo = np.where(reads, hi.reshape(-1, J)[:, j], int(signed)), np.where(reads, lo.reshape(-1, J)[:, j], 64)
+    if cfg["minor_bit"]:
+        return np.where(lo <= hi, hi - lo + 1, 1 + int(signed))
+    return hi + 1
+
+
 class Stripes(DnnsimModel):
     """Stripes (MICRO'16): bit-serial activations x bit-parallel 16-bit weights, time proportional to the
     activation precision. Source: DNNsim core/src/Stripes.cpp and core/src/ShapeShifter.cpp (dynamic
@@ -93,6 +107,8 @@ class Stripes(DnnsimModel):
             st = self.streams(wl, cfg)
             cyc, busy, bits, ng = dynamic_cycles(self, wl, cfg, mags, signs, st)
             cycles = st.combine(cyc)
+            if wl.kind == "linear" and cfg["linear"] == "dnnsim":
+                cycles = linear_dnnsim(linear_dynamic(mags, signs, wl, cfg), wl, cfg)
             eff = bits / (1 if st.depthwise == "tiles" else st.passes) * cfg["lanes"] * wl.og * B
             label, share = sync_label(float(cyc.sum()), busy, ng, 1, "column group")
             ev = self.events(wl, cfg, fmt, cycles, st)
@@ -100,6 +116,9 @@ class Stripes(DnnsimModel):
         p = fmt.width if mode == "format" else data_precision(mags, signs)
         st = self.streams(wl, cfg)
         cycles = dense_streams(st, p)
+        if wl.kind == "linear" and cfg["linear"] == "dnnsim":
+            p_, _, _ = linear_calls(wl, cfg)
+            cycles = linear_dnnsim(np.full((wl.in_hw[1] * wl.batch, p_.size), min(p, cfg["pe_width"])), wl, cfg)
         eff = float(wl.macs) * p * B
         ev = self.events(wl, cfg, fmt, cycles, st, {"precision_bits": p})
         return result(cycles, units, eff, ev, "activation precision: every activation takes the layer's p bits", p / B,
