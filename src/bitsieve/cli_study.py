@@ -109,6 +109,9 @@ def compare(
                                              "and its numerics alike."),
     curves: bool = typer.Option(True, "--curves/--no-curves", help="Also run each design with a knob (BitX, "
                                 "BitXpro keep; Bitlet prune) over its values, for accuracy-versus-speed curves."),
+    sensitivity: int = typer.Option(6, "--sensitivity", help="Per-layer sensitivity: accuracy change when only one "
+                                    "layer runs the first pruning design's numerics, for this many layers (most "
+                                    "MACs first), on at most 500 samples; 0 skips it."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Parallel processes (default: one per core)."),
     backend: str = typer.Option("local", "--backend", help="local (a process pool) or ray (the sweep engine)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray)."),
@@ -128,6 +131,8 @@ def compare(
         raise UserError("--full and --limit exclude each other")
     if limit is not None and limit < 0:
         raise UserError(f"--limit must be >= 0, got {limit}")
+    if sensitivity < 0:
+        raise UserError(f"--sensitivity must be >= 0, got {sensitivity}")
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     path = output or cmp.default_output(model)
@@ -144,7 +149,7 @@ def compare(
     lim = None if full else ("quick" if limit is None else limit)
     nw = workers or default_workers()
     p = cmp.plan(model, methods=method or None, accels=accels, fmt=fmt, limit=lim, accuracy=lim != 0,
-                 sets=parse_sets(sets), curves=curves, workers=nw)
+                 sets=parse_sets(sets), curves=curves, workers=nw, sensitivity=sensitivity)
     if not json_out:
         acc = ("no accuracy" if p.limit == 0 else "accuracy on the whole evaluation set" if p.limit is None
                else f"accuracy on {p.limit} samples")

@@ -37,6 +37,8 @@ DEFAULT_METHODS = ("bitwave", "bbs", "truncate")
 COST_HINT = {"tactical": 10.0, "bitlet": 5.0, "laconic": 2.0, "pnpu": 1.5, "pragmatic": 1.0}
 TASK_METRIC = {"imagenet": "ImageNet top-1 %", "mnist": "MNIST top-1 %", "faces": "LFW face / non-face accuracy %",
                "stsb": "STS-B Spearman x100"}
+SENSITIVITY_LAYERS = 6  # per-layer sensitivity: the layers with the most MACs
+SENSITIVITY_SAMPLES = 500  # ... on at most this many samples (a subset of the accuracy samples)
 CLOCK_GHZ = 1.0  # for TOPS/W and GOPS/mm2 when a design states no clock: every design at the same 1 GHz
 
 
@@ -63,9 +65,12 @@ class Unit:
     limit: int | None = None
     activations: int = DEFAULT_ACTIVATIONS
     seed: int = 0
+    layers: int = 0  # sensitivity: how many layers (the most MACs first)
 
     @property
     def label(self) -> str:
+        if self.kind == "sensitivity":
+            return f"per-layer sensitivity of {self.design.name}, {self.layers} layers ({self.limit} samples)"
         if self.kind == "accuracy":
             what = ", ".join(dict.fromkeys(d.name + (f"+{m.split(':')[0]}" if m else "") for _, _, d, m in self.numerics))
             return f"accuracy: {what}" + (f" ({self.limit} samples)" if self.limit else " (full set)")
@@ -79,6 +84,8 @@ class Unit:
             return 1e9 + sum(5.0 if n.forward else 1.0 for _, n, _, _ in self.numerics)
         if self.kind == "profile":
             return 0.5
+        if self.kind == "sensitivity":
+            return 1e9 + self.layers * (self.limit or 1000) / 1000
         return COST_HINT.get(self.design.accel, 0.5) * (1 + len(self.methods))
 
 
@@ -100,7 +107,7 @@ class Plan:
 def plan(model: str = DEFAULT_MODEL, *, methods: list[str] | None = None, accels: list[str] | None = None,
          fmt: str = "auto", group: int = 64, limit: int | None | str = "quick", accuracy: bool = True,
          activations: int = DEFAULT_ACTIVATIONS, seed: int = 0, sets: dict | None = None, curves: bool = True,
-         workers: int = 2) -> Plan:
+         workers: int = 2, sensitivity: int = SENSITIVITY_LAYERS) -> Plan:
     """Check every choice and cut the comparison into units (nothing runs yet)."""
     from . import methods as methods_mod
     from .zoo import BUILTINS
@@ -126,9 +133,7 @@ def plan(model: str = DEFAULT_MODEL, *, methods: list[str] | None = None, accels
                             "weight bits in its format)")
     if curves:
         for d in base:
-            for k in designs.knob_designs(d):
-                if k.overrides != d.overrides:
-                    entries.append(designs.Entry(k))
+            entries += [designs.Entry(k) for k in designs.knob_designs(d)]
     builtin = BUILTINS.get(model)
     if limit == "quick":
         limit = quick_limit(builtin.task) if builtin else 0
@@ -152,6 +157,10 @@ def plan(model: str = DEFAULT_MODEL, *, methods: list[str] | None = None, accels
             chunk = tuple(rest[i::n])
             if chunk:
                 p.units.append(Unit("accuracy", model, numerics=chunk, limit=limit, seed=seed))
+        target = next((d for d in base if d.numerics().weights), None)
+        if sensitivity and target is not None:
+            n = SENSITIVITY_SAMPLES if limit is None else min(limit, SENSITIVITY_SAMPLES)
+            p.units.append(Unit("sensitivity", model, design=target, limit=n, seed=seed, layers=sensitivity))
     p.units.append(Unit("profile", model, activations=activations, seed=seed))
     for d in p.designs:
         ms = tuple(e.method for e in entries if e.design == d and e.method)
@@ -184,6 +193,8 @@ def run_unit(unit: Unit, say=None):
     say = say or (lambda f: None)
     if unit.kind == "accuracy":
         return pipeline.accuracy_records(unit.model, unit.numerics, unit.limit, say)
+    if unit.kind == "sensitivity":
+        return pipeline.sensitivity_records(unit.model, unit.design, unit.layers, unit.limit, say)
     m, layers = _prepared(unit)
     if unit.kind == "profile":
         rows = pipeline.profile_setting(m.name, layers, {"": None}, pipeline.Setting("fp32", 64, "weight"))
@@ -248,15 +259,18 @@ def assemble(p: Plan, out: dict) -> list[dict]:
 
     rows: list[dict] = []
     recs: dict = {}
+    sens = None
     for u in p.units:
         if u.kind == "accuracy":
             recs.update(out.get(u) or {})
+        elif u.kind == "sensitivity":
+            sens = (u, out.get(u) or {})
         else:
             rows += out.get(u) or []
     whole = {(r["accel"], r["method"], r["metric"]): r["value"] for r in rows if r["layer"] == results.WHOLE}
     per_layer: dict = {}
     for r in rows:
-        if r["layer"] != results.WHOLE and r["metric"] in ("cycles", "dram_cycles"):
+        if r["layer"] != results.WHOLE and r["metric"] in ("cycles", "dram_cycles", "dense_cycles"):
             per_layer.setdefault((r["accel"], r["method"]), {}).setdefault(r["layer"], {})[r["metric"]] = r["value"]
     base = recs.get("original")
     model = p.model
@@ -296,6 +310,22 @@ def assemble(p: Plan, out: dict) -> list[dict]:
                 add("tops_per_w", ops / en)
                 if a:  # the simulated batch's ops over its latency (the batch's) at CLOCK_GHZ, per mm2
                     add("gops_per_mm2", 2.0 * macs / (lat / CLOCK_GHZ) / a)
+    if sens is not None and sens[1].get("original") is not None:
+        u, rec = sens
+        layers = per_layer.get((u.design.name, ""), {})
+        kw = dict(method="", accel=u.design.name, format=u.design.fmt, group=0)
+        for name, r in rec.items():
+            if name == "original":
+                continue
+            c = evaluate._compare(rec["original"], r)
+            key = evaluate.METRIC[r.task]
+            delta = r.metrics()[key] - rec["original"].metrics()[key]
+            for metric, v in (("sensitivity_delta", delta), ("sensitivity_delta_ci_low", c["delta_ci_low"]),
+                              ("sensitivity_delta_ci_high", c["delta_ci_high"]), ("sensitivity_samples", r.n)):
+                add_rows.append(results.row(model, name, metric, v, **kw))
+            lr = layers.get(name, {})
+            if "dense_cycles" in lr and "cycles" in lr:
+                add_rows.append(results.row(model, name, "cycles_saved", lr["dense_cycles"] - lr["cycles"], **kw))
     if base is not None:
         kw = dict(method="", accel="original", format="fp32", group=0)
         m = base.metrics()

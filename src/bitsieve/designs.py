@@ -33,7 +33,7 @@ NATIVE = {"stripes": "int16", "pragmatic": "int16", "laconic": "int16", "tactica
 READS_WEIGHTS = ("laconic", "tactical", "bitlet", "bitx", "bitxpro", "bitwave", "bitvert", "pnpu")
 #: the knob each design is swept over for accuracy-versus-speed curves, and its values
 KNOBS = {"bitx": ("keep", (2, 3, 4, 5, 6, 8)), "bitxpro": ("keep", (2, 3, 4, 5, 6, 8)),
-         "bitlet": ("prune", (0xFF0000, 0xFFF000, 0xFFFF00, 0xFFFFFF))}
+         "bitlet": ("prune", ("0xff0000", "0xfff000", "0xffff00", "0xffffff"))}
 
 
 def native_format(accel: str) -> str:
@@ -170,12 +170,17 @@ def defaults(names=None, *, fmt: str = "auto", sets: dict | None = None) -> list
 
 
 def knob_designs(d: Design) -> list[Design]:
-    """The design at every value of its knob (``KNOBS``), for accuracy-versus-speed curves."""
+    """The design at every other value of its knob (``KNOBS``), for accuracy-versus-speed curves."""
     if d.accel not in KNOBS:
         return []
     k, values = KNOBS[d.accel]
-    base = d.overrides
-    return [Design.make(d.accel, d.fmt, {**base, k: v}) for v in values]
+    here = d.config()[k]
+    out = []
+    for v in values:
+        other = Design.make(d.accel, d.fmt, {**d.overrides, k: v})
+        if other.config()[k] != here:
+            out.append(other)
+    return out
 
 
 # ---- running a design's numerics on a live model -------------------------------------------------------------

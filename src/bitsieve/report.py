@@ -388,11 +388,15 @@ class Designs:
         self.profile: dict = defaultdict(dict)
         self.profile_setting: dict = {}
         self.original: dict = {}
+        self.published: dict = defaultdict(dict)  # (design, format, quantity) -> {paper, model, ratio}
         for r in rows:
             if r["model"] != model:
                 continue
             a, m, k, L = r["accel"], r["method"], r["metric"], r["layer"]
-            if a == "original":
+            if m == "published":
+                q, _, part = k.rpartition(".")
+                self.published[(a, r["format"], q)][part] = r["value"]
+            elif a == "original":
                 self.original[k] = r["value"]
             elif a and L == WHOLE and r["group"] == 0:
                 self.whole[(a, m)][k] = r["value"]
@@ -861,7 +865,8 @@ def _compare_sections(doc: _Doc, d: Designs, anchor: str):
     savings and sensitivity, bit profiles (module docstring)."""
     m = d.model
     sections = [("designs", "Designs"), ("curves", "Accuracy versus speed-up"), ("energy", "Energy"),
-                ("layers", "Per layer"), ("profiles", "Bit profiles")]
+                ("layers", "Per layer"), ("profiles", "Bit profiles")] + (
+                    [("published", "Published figures")] if d.published else [])
     doc.add("<nav>" + "".join(f'<a href="#{anchor}-{k}">{html.escape(t)}</a>' for k, t in sections)
             + '<a href="#provenance">Provenance</a></nav>')
     doc.add(f'<h2 id="{anchor}-designs">{html.escape(m)}: designs as they compute</h2>')
@@ -917,6 +922,15 @@ def _compare_sections(doc: _Doc, d: Designs, anchor: str):
     doc.add(f'<h2 id="{anchor}-profiles">Bit profiles: weights and activations</h2>')
     doc.figure(fig_bit_profiles(d), f"Model {m}: per layer, the unmodified weights' bit profile next to the "
                                     "captured input activations' (dashed: whole model).", "Bit profiles")
+    if d.published:
+        doc.add(f'<h2 id="{anchor}-published">Published power and area against the model</h2>')
+        recs = [{"design": a, "format": f, "quantity": q, **v} for (a, f, q), v in d.published.items()]
+        doc.add(_table(recs, [("design", "design", "t"), ("format", "format", "t"), ("quantity", "quantity", "t"),
+                              ("paper", "paper", "f"), ("model", "model", "f"), ("ratio", "model / paper", "f")],
+                       "published"))
+        doc.add("<p class='note'>Each design configured as its paper publishes it (array, clock, format); the "
+                "model's figure is the PE array's power at full utilisation (or its area, or TOPS/W); "
+                "`bitsieve compare` prints the measured reason for every figure outside its tolerance.</p>")
 
 
 def _provenance_block(doc: _Doc, provenance: dict | None):

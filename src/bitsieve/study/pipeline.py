@@ -342,3 +342,35 @@ def activation_profile_rows(model: str, layers) -> list[dict]:
         for k in ("zero_value_frac", "zero_bit_frac", "mean_essential_bits"):
             rows.append(results.row(model, results.WHOLE, f"act_{k}", st[k], format="int16", group=16))
     return rows
+
+
+def sensitivity_records(model: str, d, layers: int, limit, say) -> dict:
+    """Per-layer sensitivity of design ``d``'s runtime weight numerics: {layer name: Records} with only that
+    layer computed as the design does (the ``layers`` layers with the most MACs), and the original under
+    'original', on the same samples."""
+    from .. import evaluate, methods
+    from .. import model as model_mod
+    from ..accel import tiling
+
+    m = evaluate.load_model(model)
+    model_mod.capture_activations(m, 1)  # the layers' input shapes, for their MACs
+    conv = [L for L in m.layers if L.kind in ("conv", "linear")]
+    macs = {L.name: tiling.from_layer(L).macs for L in conv}
+    for L in conv:
+        L.activation = None
+    top = sorted(conv, key=lambda L: -macs[L.name])[:layers]
+    task = m.builtin.task
+    batches = list(evaluate._batches(task, m.builtin, None, limit))
+    if not batches:
+        raise UserError(f"no {task} data to evaluate")
+    steps = methods.parse_specs(list(d.numerics().weights))
+    out = {"original": evaluate._run(task, m, batches)}
+    for i, L in enumerate(top):
+        saved = L.weight.copy()
+        try:
+            L.weight[...] = methods.apply_model([L], steps)[0].weight.reshape(L.weight.shape)
+            out[L.name] = evaluate._run(task, m, batches)
+        finally:
+            L.weight[...] = saved
+        say((i + 1) / len(top))
+    return out
