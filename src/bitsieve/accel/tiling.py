@@ -32,7 +32,6 @@ from .. import formats
 from ..errors import UserError
 from .. import lanes
 from ..lanes import Layout
-from ..planes import pack
 from .base import ceil_div
 
 LAYOUTS = lanes.MODES
