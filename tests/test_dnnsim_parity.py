@@ -18,8 +18,9 @@ from bitsieve.accel import tiling
 from bitsieve.simulate import Run, Simulator
 
 DATA = Path(__file__).parent / "data" / "dnnsim"
-CASES = ("lenet-mnist", "mtcnn-rnet", "resnet-layer", "depthwise-layer")
-DEPTHWISE = {"depthwise": "dnnsim"}  # the depthwise case runs with DNNsim's mapping (bitsieve's default differs)
+CASES = ("lenet-mnist", "mtcnn-rnet", "resnet-layer", "depthwise-layer", "first-layer")
+# where bitsieve's default differs from DNNsim on purpose, these cases run with DNNsim's choice
+CASE_SETS = {"depthwise-layer": {"depthwise": "dnnsim"}, "first-layer": {"first_layer": "dnnsim"}}
 CONFIGS = (
     [("dense", {"tiles": t}) for t in (16, 1)]
     + [("stripes", {"tiles": t}) for t in (16, 1)]
@@ -65,6 +66,16 @@ def _depthwise_layer(fmt: str) -> tiling.Workload:
     return tiling.Workload.conv(*_exact(w, a, q), padding=1, groups=40, name="dw")
 
 
+def _first_layer(fmt: str) -> tiling.Workload:
+    """An RGB stem: 3 -> 16 channels, 3x3, stride 2, padding 1, 32 x 32, seeded signed integers (DNNsim
+    rewrites it into 12 channels at stride 1)."""
+    q = formats.get(fmt).qmax
+    rng = np.random.default_rng(17)
+    w = np.clip(np.rint(rng.normal(size=(16, 3, 3, 3)) * q / 4), -q, q)
+    a = np.clip(np.rint(rng.normal(size=(1, 3, 32, 32)) * q / 4), -q, q)
+    return tiling.Workload.conv(*_exact(w, a, q), stride=2, padding=1, name="stem")
+
+
 @lru_cache(maxsize=None)
 def case_workloads(case: str, fmt: str) -> tuple[str, list]:
     """(DNNsim network name, workloads) of a case."""
@@ -72,6 +83,8 @@ def case_workloads(case: str, fmt: str) -> tuple[str, list]:
         return case, [_resnet_layer(fmt)]
     if case == "depthwise-layer":
         return case, [_depthwise_layer(fmt)]
+    if case == "first-layer":
+        return case, [_first_layer(fmt)]
     from bitsieve import model
 
     m = model.load(case, activations=1)
@@ -95,7 +108,7 @@ def test_dnnsim_compute_cycles_match(case, fmt):
     bad, checked = [], 0
     for table, (accel, sets) in zip(doc["tables"], CONFIGS):
         assert (table["accel"], table["set"]) == (accel, json.loads(json.dumps(sets)))
-        extra = dict(DEPTHWISE) if case == "depthwise-layer" else {}
+        extra = CASE_SETS.get(case, {})
         sims = {kind: Simulator(Run(accels=[accel], fmt=fmt, sets={accel: dict(sets, **extra, **more)}))
                 for kind, more in (("conv", {}), ("linear", {} if accel == "dense" else {"linear": "dnnsim"}))
                 if kind == "conv" or accel != "tactical"}

@@ -5,7 +5,9 @@ activation brick of ``lanes`` values by their weights) with the output-stationar
 ``core/src/OutputStationary.cpp``; ``examples/DaDianNao`` (16 lanes x 16 rows x 16 tiles). The baseline of
 Stripes (``Stripes.cpp`` ``base_cycles``: out_x * out_y * ceil(C/16) * Kx * Ky * filter sets). One window
 per step. Depthwise convs: ``depthwise`` = 'tiles' (bitsieve's choice: channel bricks dealt to the tiles) or
-'dnnsim' (DNNsim's mapping: one tile runs every brick in turn). Confidence: reference code.
+'dnnsim' (DNNsim's mapping: one tile runs every brick in turn); ``first_layer`` = 'dnnsim' applies DNNsim's
+rewrite of a 3-channel strided first conv (``accel.dnnsim.first_layer_rewrite``), 'keep' (default) does not.
+Confidence: reference code.
 
 It needs no data: cycles follow from the shape. ``units`` = lanes x rows x tiles MAC units of B x B bits
 (B = 16 for int16, 24 for fp32's significand, 8 for bf16), the reference every speed-up is taken against
@@ -36,6 +38,10 @@ class Dense(Accelerator):
         return cfg["lanes"] * self.n_pe(cfg) * B * B
 
     def cycles(self, wl, cfg) -> float:
+        from .dnnsim import rewritten, rewritten_shape
+
+        if cfg["first_layer"] == "dnnsim" and rewritten(wl):
+            wl = rewritten_shape(wl)
         L, R, T = cfg["lanes"], cfg["rows"], cfg["tiles"]
         nwin = wl.windows
         if wl.depthwise:

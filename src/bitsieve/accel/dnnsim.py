@@ -55,6 +55,17 @@ class DnnsimModel(Accelerator):
         """Each lane multiplies one activation bit (or term) by a B-bit weight per cycle."""
         return cfg["lanes"] * self.n_pe(cfg) * self.width(fmt)
 
+    def operands(self, wl, wplanes, aplanes, cfg):
+        """(workload, activation magnitudes and signs [bricks, L], weight magnitudes [O, J, L] or None) as the
+        model runs them: the layer's own, or with ``first_layer`` = 'dnnsim' DNNsim's rewrite of a 3-channel
+        strided layer (``first_layer_rewrite``)."""
+        L = cfg["lanes"]
+        mags, signs = brick_values(aplanes)
+        wm = None if wplanes is None else wplanes.magnitudes().astype(np.int64).reshape(wl.out_ch, -1, L)
+        if cfg["first_layer"] == "dnnsim" and rewritten(wl):
+            return first_layer_rewrite(wl, mags, signs, wm, L)
+        return wl, mags, signs, wm
+
     def streams(self, wl, cfg) -> tiling.Streams:
         return tiling.dnnsim_streams(wl, cfg["lanes"], cfg["columns"], cfg["rows"], cfg["tiles"], cfg["depthwise"])
 
@@ -70,6 +81,57 @@ class DnnsimModel(Accelerator):
         if extra:
             ev.update(extra)
         return ev
+
+
+def rewritten(wl) -> bool:
+    """Whether DNNsim rewrites this layer (``Simulator::run``: 3 input channels and a stride above 1)."""
+    return wl.kind == "conv" and wl.in_ch == 3 and wl.groups == 1 and max(wl.stride) > 1
+
+
+def _space_to_depth(x: np.ndarray, s: int, hw: tuple[int, int]) -> np.ndarray:
+    """[..., H, W, C] -> [..., ceil(H/s), ceil(W/s), C*s*s], channel (dy*s + dx)*C + c holding pixel
+    (s*y + dy, s*x + dx) (DNNsim ``Array::reshape_first_layer_act``/``_wgt``, its x being our W axis)."""
+    C = x.shape[-1]
+    out = np.zeros(x.shape[:-3] + (-(-hw[0] // s), -(-hw[1] // s), C * s * s), x.dtype)
+    for dy in range(s):
+        for dx in range(s):
+            sub = x[..., dy::s, dx::s, :]
+            k = (dy * s + dx) * C
+            out[..., :sub.shape[-3], :sub.shape[-2], k:k + C] = sub
+    return out
+
+
+def first_layer_rewrite(wl, mags, signs, wm, L):
+    """DNNsim's rewrite of a 3-channel strided conv (``Simulator::run`` after zero padding): the padded input
+    and the kernel are cut into s x s phases stacked as 3 s^2 channels, stride 1, no padding. Same integers
+    and outputs, other bricks and steps. Returns (workload, activation magnitudes, signs, weight magnitudes)
+    in the lanes of L like ``DnnsimModel.operands``."""
+    s, C, N = wl.stride[0], wl.in_ch, wl.batch
+    if wl.stride[0] != wl.stride[1]:
+        raise UserError(f"{wl.name}: DNNsim's first-layer rewrite takes one stride, got {wl.stride}")
+    Hp, Wp = wl.padded_hw
+    (kh, kw), O = wl.kernel, wl.out_ch
+    cb = -(-C // L)
+    a = np.where(signs, -mags, mags).reshape(N, Hp, Wp, cb * L)[..., :C]
+    a2 = _space_to_depth(a, s, (Hp, Wp))
+    C2 = a2.shape[-1]
+    cb2 = -(-C2 // L)
+    a2 = np.concatenate([a2, np.zeros(a2.shape[:-1] + (cb2 * L - C2,), a2.dtype)], axis=-1).reshape(-1, L)
+    w2 = None
+    if wm is not None:
+        w2 = _space_to_depth(wm.reshape(O, kh, kw, cb * L)[..., :C], s, (kh, kw))
+        w2 = np.concatenate([w2, np.zeros(w2.shape[:-1] + (cb2 * L - C2,), w2.dtype)], axis=-1)
+        w2 = w2.reshape(O, -1, L)
+    return rewritten_shape(wl), np.abs(a2), a2 < 0, w2
+
+
+def rewritten_shape(wl) -> tiling.Workload:
+    """The workload (shapes only) of DNNsim's first-layer rewrite of ``wl``."""
+    s = wl.stride[0]
+    Hp, Wp = wl.padded_hw
+    k2 = (-(-wl.kernel[0] // s), -(-wl.kernel[1] // s))
+    return tiling.Workload.conv(np.zeros((wl.out_ch, wl.in_ch * s * s) + k2, np.float32),
+                                in_hw=(-(-Hp // s), -(-Wp // s)), batch=wl.batch, name=wl.name)
 
 
 def data_precision(mags, signs) -> int:

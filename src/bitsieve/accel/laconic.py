@@ -17,7 +17,7 @@ import numpy as np
 
 from . import tiling
 from .base import ceil_div
-from .dnnsim import DnnsimModel, brick_values, dense_streams, linear_calls, linear_dnnsim, result
+from .dnnsim import DnnsimModel, dense_streams, linear_calls, linear_dnnsim, result
 from .kernels import terms
 
 
@@ -33,14 +33,12 @@ class Laconic(DnnsimModel):
         return cfg["lanes"] * self.n_pe(cfg)
 
     def simulate(self, layer, wplanes, aplanes, cfg):
-        wl = layer
         fmt = aplanes.fmt
         L, R, T = cfg["lanes"], cfg["rows"], cfg["tiles"]
-        mags, _ = brick_values(aplanes)
+        wl, mags, _, wm = self.operands(layer, wplanes, aplanes, cfg)
         ta = terms(mags, cfg["booth"], fmt.nbits).astype(np.uint8)  # [n_bricks, L]
         O = wl.out_ch
-        tw = terms(wplanes.magnitudes(), cfg["booth"], fmt.nbits).astype(np.int64)
-        tw = tw.reshape(O, -1, L)  # [O, J, L], J = steps (tap, brick)
+        tw = terms(wm, cfg["booth"], fmt.nbits).astype(np.int64)  # [O, J, L], J = steps (tap, brick)
         st = self.streams(wl, cfg)
         Q, S, C = st.idx.shape
         A = ta[np.maximum(st.idx, 0)]  # [Q, S, C, L]
@@ -80,7 +78,7 @@ class Laconic(DnnsimModel):
             cycles = linear_dnnsim(cost, wl, cfg)
         units = self.units(cfg, fmt)
         busy = eff / max(cycles * units, 1.0)
-        ev = self.events(wl, cfg, fmt, cycles, st)
+        ev = self.events(layer, cfg, fmt, cycles, st)
         return result(cycles, units, eff, ev,
                       "slowest term pair: max over lanes x rows x columns of terms(a)*terms(w) sets each step",
                       1.0 - busy, dense, mean_act_terms=float(ta.mean()) if ta.size else 0.0)

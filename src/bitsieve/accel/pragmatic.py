@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import tiling
-from .dnnsim import (DnnsimModel, brick_values, dense_streams, linear_calls, linear_dnnsim, result, stream_costs,
+from .dnnsim import (DnnsimModel, dense_streams, linear_calls, linear_dnnsim, result, stream_costs,
                      sync_label, sync_streams)
 from .kernels import booth, pragmatic_cycles
 
@@ -55,10 +55,9 @@ class Pragmatic(DnnsimModel):
             raise UserError("pragmatic.column_registers must be >= 0")
 
     def simulate(self, layer, wplanes, aplanes, cfg):
-        wl = layer
         fmt = aplanes.fmt
         B = self.width(fmt)
-        mags, _ = brick_values(aplanes)
+        wl, mags, _, _ = self.operands(layer, wplanes, aplanes, cfg)
         gcost, masks = brick_cost(mags, cfg, fmt.nbits)
         st = self.streams(wl, cfg)
         cost, active = stream_costs(gcost, st)
@@ -79,6 +78,6 @@ class Pragmatic(DnnsimModel):
             label, share = "densest lane: the activation with the most terms sets each brick", lane_share
         else:
             share = sync_share
-        ev = self.events(wl, cfg, fmt, cycles, st, {"stall_column_cycles": float(cyc.sum() * cfg["columns"] - busy)})
+        ev = self.events(layer, cfg, fmt, cycles, st, {"stall_column_cycles": float(cyc.sum() * cfg["columns"] - busy)})
         return result(cycles, units=self.units(cfg, fmt), effectual=eff, events=ev, bottleneck=label,
                       share=share, dense=dense_streams(st, B), mean_terms=float(nterms.sum() / max(mags.size, 1)))

@@ -19,7 +19,7 @@ import numpy as np
 from .. import formats
 from ..errors import UserError
 from .base import ceil_div
-from .dnnsim import (DnnsimModel, brick_values, data_precision, dense_streams, linear_calls, linear_dnnsim, result,
+from .dnnsim import (DnnsimModel, data_precision, dense_streams, linear_calls, linear_dnnsim, result,
                      stream_costs, sync_label, sync_streams)
 
 
@@ -96,10 +96,9 @@ class Stripes(DnnsimModel):
                             "(--set stripes.pe_width=N for wider hardware)")
 
     def simulate(self, layer, wplanes, aplanes, cfg):
-        wl = layer
         fmt = aplanes.fmt
         B = self.width(fmt)
-        mags, signs = brick_values(aplanes)
+        wl, mags, signs, _ = self.operands(layer, wplanes, aplanes, cfg)
         mode = cfg["precision"]
         C = cfg["columns"]
         units = self.units(cfg, fmt)
@@ -111,7 +110,7 @@ class Stripes(DnnsimModel):
                 cycles = linear_dnnsim(linear_dynamic(mags, signs, wl, cfg), wl, cfg)
             eff = bits / (1 if st.depthwise == "tiles" else st.passes) * cfg["lanes"] * wl.og * B
             label, share = sync_label(float(cyc.sum()), busy, ng, 1, "column group")
-            ev = self.events(wl, cfg, fmt, cycles, st)
+            ev = self.events(layer, cfg, fmt, cycles, st)
             return result(cycles, units, eff, ev, f"dynamic precision; {label}", share, dense_streams(st, B))
         p = fmt.width if mode == "format" else data_precision(mags, signs)
         st = self.streams(wl, cfg)
@@ -119,7 +118,7 @@ class Stripes(DnnsimModel):
         if wl.kind == "linear" and cfg["linear"] == "dnnsim":
             p_, _, _ = linear_calls(wl, cfg)
             cycles = linear_dnnsim(np.full((wl.in_hw[1] * wl.batch, p_.size), min(p, cfg["pe_width"])), wl, cfg)
-        eff = float(wl.macs) * p * B
-        ev = self.events(wl, cfg, fmt, cycles, st, {"precision_bits": p})
+        eff = float(layer.macs) * p * B
+        ev = self.events(layer, cfg, fmt, cycles, st, {"precision_bits": p})
         return result(cycles, units, eff, ev, "activation precision: every activation takes the layer's p bits", p / B,
                       dense_streams(st, B), precision=p)

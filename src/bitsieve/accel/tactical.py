@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import UserError
 from . import tiling
 from .base import ceil_div
-from .dnnsim import DnnsimModel, brick_values, dense_streams, result
+from .dnnsim import DnnsimModel, dense_streams, result
 from .kernels import _patterns_kernel, booth, pragmatic_cycles, tactical_cycles, tactical_schedule
 
 
@@ -53,12 +53,12 @@ class Tactical(DnnsimModel):
         if not 0 <= cfg["bits_first_stage"] <= 5:
             raise UserError("tactical.bits_first_stage must be 0..5")
 
-    def schedule(self, wl, wplanes, cfg):
+    def schedule(self, wl, wm, cfg):
         """Build the weight buffers of every filter set and run the scheduler. Returns a dict of the kernel's
         inputs that depend on the weights."""
         L, R = cfg["lanes"], cfg["rows"]
         O = wl.out_ch
-        wm = wplanes.magnitudes().reshape(O, -1, L).astype(np.int64)  # [O, J, L]
+        wm = wm.reshape(O, -1, L)  # [O, J, L]
         J = wm.shape[1]
         if wl.depthwise:
             if wl.og != 1:
@@ -107,12 +107,11 @@ class Tactical(DnnsimModel):
                     nz_weights=int(nzv.sum()), F=F, wm=wm, wnz=wnz, cb=cb)
 
     def simulate(self, layer, wplanes, aplanes, cfg):
-        wl = layer
         fmt = aplanes.fmt
         B = self.width(fmt)
         L, C, T = cfg["lanes"], cfg["columns"], cfg["tiles"]
-        sch = self.schedule(wl, wplanes, cfg)
-        mags, signs = brick_values(aplanes)  # [n_bricks, L], order (image, y, x, brick)
+        wl, mags, signs, wm = self.operands(layer, wplanes, aplanes, cfg)  # bricks in order (image, y, x, brick)
+        sch = self.schedule(wl, wm, cfg)
         Hp, Wp = wl.padded_hw
         pragmatic = cfg["backend"] == "pragmatic"
         cbk = sch["cb"]
@@ -180,7 +179,7 @@ class Tactical(DnnsimModel):
             eff = float((As.reshape(Gs, -1, L) * nzw).sum()) * B
         executed = float(sch["execd"].sum()) / max(sch["execd"].size, 1)
         units = self.units(cfg, fmt)
-        ev = self.events(wl, cfg, fmt, cycles, st, {"executed_step_frac": executed,
+        ev = self.events(layer, cfg, fmt, cycles, st, {"executed_step_frac": executed,
                                                      "zero_weight_frac": 1.0 - sch["nz_weights"] / max(wm.size, 1)})
         loss = 1.0 - eff / max(cycles * units, 1.0)
         back = "Pragmatic" if pragmatic else "dynamic-precision"
