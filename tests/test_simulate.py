@@ -95,26 +95,38 @@ def test_simulate_weights_file(capsys, tmp_path):
 
 @pytest.mark.slow
 def test_export_traces_layout(capsys, tmp_path):
+    """A DNNsim work folder: model.csv, precision.txt, the integers bitsieve simulates in DNNsim's axis order
+    (spatial axes swapped), a batch file with bitsieve's parameters; safe writes."""
+    from bitsieve import formats, model
+    from bitsieve.accel import tiling
+    from bitsieve.accel.dnnsim import layer_integers
+
     d = tmp_path / "rnet"
-    assert main(["export-traces", "mtcnn-rnet", "--dnnsim", str(d), "--activations", "2"]) == 0
-    lines = (d / "model.csv").read_text().split()
-    rows = [ln.split(",") for ln in lines]
+    assert main(["export-traces", "mtcnn-rnet", str(d), "--activations", "2", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["network"] == "mtcnn-rnet" and summary["dnnsim_commit"] == "4748a60"
+    rows = [ln.split(",") for ln in (d / "models/mtcnn-rnet/model.csv").read_text().split()]
     assert [r[1] for r in rows] == ["conv", "conv", "conv", "fc", "fc", "fc"]
-    for name, kind, stride, pad in rows:
-        w = np.load(d / f"wgt-{name}.npy")
-        a = np.load(d / f"act-{name}-0.npy")
-        assert w.dtype == np.float32 and a.dtype == np.float32
-        assert a.shape[0] == 2 or kind == "fc"
+    prec = (d / "models/mtcnn-rnet/precision.txt").read_text().splitlines()
+    assert len(prec) == 5 and len(prec[1].split(";")) == 6
+    layers = model.load("mtcnn-rnet", activations=2).layers
+    wls = [tiling.from_layer(la) for la in layers if la.kind in ("conv", "linear")]
+    for (name, kind, stride, pad), wl in zip(rows, wls):
+        w = np.load(d / f"net_traces/mtcnn-rnet/wgt-{name}.npy")
+        a = np.load(d / f"net_traces/mtcnn-rnet/act-{name}-0.npy")
+        assert w.dtype == np.float32 and a.dtype == np.float32 and (a == np.rint(a)).all()
+        wi, ai = layer_integers(wl, formats.get("int16"))
         if kind == "conv":
-            assert w.ndim == 4 and a.ndim == 4 and a.shape[1] == w.shape[1]
-            assert int(stride) >= 1 and int(pad) >= 0
+            assert (w == wi.transpose(0, 1, 3, 2)).all() and (a == ai.transpose(0, 1, 3, 2)).all()
+            assert (int(stride), int(pad)) == (wl.stride[0], wl.padding[0])
         else:
             assert w.ndim == 2 and a.ndim == 2 and a.shape[1] == w.shape[1]
-    first = np.load(d / f"act-{rows[0][0]}-0.npy")
-    assert first.shape == (2, 3, 24, 24)  # RNet input, [N, C, H, W]
-    assert (d / "trace_params.csv").read_text().count("\n") == 6
-    capsys.readouterr()
-    assert "--force" in error_line(capsys, "export-traces", "mtcnn-rnet", "--dnnsim", str(d))
+    batch = (d / "mtcnn-rnet.batch").read_text()
+    assert "quantised: true" in batch and batch.count("experiment {") == 5 and 'architecture: "Laconic"' in batch
+    assert "Network.h" in (d / "README.txt").read_text()
+    assert "--force" in error_line(capsys, "export-traces", "mtcnn-rnet", str(d))
+    assert "once" in error_line(capsys, "export-traces", "mtcnn-rnet", str(d), "--dnnsim", str(d))
+    assert "fixed point" in error_line(capsys, "export-traces", "mtcnn-rnet", str(d), "--format", "fp32")
     assert main(["export-traces", "mtcnn-rnet", "--dnnsim", str(d), "--force"]) == 0
 
 

@@ -196,7 +196,7 @@ def export_traces(
     workloads = [tiling.from_layer(layer) for layer in layers]
     net = "".join(c if (c.isalnum() or c in "._-") else "-" for c in m.name)
     prec = cfgs["stripes"]["precision"] if "stripes" in cfgs else "data"
-    summary = export_work_folder(net, workloads, f, experiments, folder or dnnsim, prec, force)
+    summary = export_work_folder(net, workloads, f, experiments, folder or dnnsim, prec, force, cfgs)
     if json_out:
         print(json.dumps(summary))
         return

@@ -311,10 +311,12 @@ def _npy(arr: np.ndarray) -> bytes:
 
 
 def export_work_folder(net: str, workloads: list, fmt: formats.Format, experiments: list[tuple[str, dict]],
-                       out, stripes_precision: str = "data", force: bool = False) -> dict:
+                       out, stripes_precision: str = "data", force: bool = False, cfgs: dict | None = None) -> dict:
     """Write a DNNsim work folder under ``out``: models/<net>/{model.csv, precision.txt},
     net_traces/<net>/{wgt-L.npy, act-L-0.npy}, <net>.batch and README.txt. Checks everything first, then
-    writes each file atomically; refuses to overwrite without ``force``. Returns a summary."""
+    writes each file atomically; refuses to overwrite without ``force``. ``cfgs`` ({accel: configuration}):
+    the notes name the layers where a configuration keeps bitsieve's mapping (depthwise, linear,
+    first_layer), so DNNsim's cycles differ there. Returns a summary."""
     from pathlib import Path
 
     from ..io import write_atomic
@@ -329,6 +331,12 @@ def export_work_folder(net: str, workloads: list, fmt: formats.Format, experimen
     batch = out / f"{net}.batch"
     models, traces = out / "models" / net, out / "net_traces" / net
     names, notes, seen = [], [], set()
+    cfgs = cfgs or {}
+
+    def keeps(key: str) -> list[str]:
+        """Accelerators that keep bitsieve's choice for ``key`` (Bit-Tactical has no DNNsim linear mode)."""
+        return [a for a, c in cfgs.items() if a != "dense" and c.get(key, "tokens") != "dnnsim"]
+
     for wl in workloads:
         name = "".join(c if (c.isalnum() or c in "._-") else "-" for c in wl.name)
         if name in seen:
@@ -347,14 +355,17 @@ def export_work_folder(net: str, workloads: list, fmt: formats.Format, experimen
             if wl.out_hw[0] != wl.out_hw[1]:
                 notes.append(f"{wl.name}: output {wl.out_hw} is not square; DNNsim places window w at row "
                              "w / out_y instead of w / out_x, so its cycles differ")
-            if wl.in_ch == 3 and wl.stride[0] > 1:
+            if rewritten(wl) and keeps("first_layer"):
                 notes.append(f"{wl.name}: DNNsim rewrites a 3-channel strided first layer into "
-                             f"{3 * wl.stride[0] ** 2} channels at stride 1 (bitsieve does not)")
-            if wl.depthwise:
-                notes.append(f"{wl.name}: depthwise; DNNsim runs it on one tile (set depthwise=dnnsim to match)")
-        elif wl.kind == "linear":
-            notes.append(f"{wl.name}: linear layer; DNNsim deals its input bricks to the columns one call at a "
-                         "time (bitsieve maps tokens to the columns)")
+                             f"{3 * wl.stride[0] ** 2} channels at stride 1; {', '.join(keeps('first_layer'))} "
+                             "keep it (set ACCEL.first_layer=dnnsim to match)")
+            if wl.depthwise and keeps("depthwise"):
+                notes.append(f"{wl.name}: depthwise; DNNsim runs it on one tile, {', '.join(keeps('depthwise'))} "
+                             "on all tiles (set ACCEL.depthwise=dnnsim to match)")
+        elif wl.kind == "linear" and keeps("linear"):
+            notes.append(f"{wl.name}: linear; DNNsim issues its input bricks to the columns one call at a time, "
+                         f"{', '.join(keeps('linear'))} map tokens to the columns (set ACCEL.linear=dnnsim to "
+                         "match; Bit-Tactical has no such mode)")
     targets = [batch, out / "README.txt", models / "model.csv", models / "precision.txt"] + [
         traces / f"{k}-{n}{'-0' if k == 'act' else ''}.npy" for n in names for k in ("wgt", "act")]
     clash = [str(t) for t in targets if t.exists()] if not force else []
@@ -383,7 +394,7 @@ def export_work_folder(net: str, workloads: list, fmt: formats.Format, experimen
               + "Run (DNNsim reads ./DRAMSim2/ini and ./DRAMSim2/system.ini from the working folder):\n"
               f"  ln -s /path/to/DNNsim/DRAMSim2 DRAMSim2\n  /path/to/DNNsim/DNNsim {net}.batch\n"
               f"Compute cycles per layer: results/{net}/*_cycles.csv, column compute_cycles.\n"
-              + ("Differences from bitsieve's defaults:\n" + "".join(f"  - {n}\n" for n in notes) if notes else ""))
+              + ("Where DNNsim's cycles will differ from bitsieve's (this configuration):\n" + "".join(f"  - {n}\n" for n in notes) if notes else ""))
     write_atomic(out / "README.txt", readme, force=force)
     write_atomic(batch, batch_text(net, fmt, experiments), force=force)
     return {"folder": str(out), "network": net, "format": fmt.name, "layers": names, "batch": str(batch),
