@@ -143,6 +143,12 @@ def test_column_sync_registers():
     assert column_sync(cost, act, 0)[0] == 16  # each step waits for the slowest column
     assert column_sync(cost, act, 1)[0] < 16  # a column may run one step ahead
     assert column_sync(cost, act, 1)[0] >= 10  # but never faster than its own work
+    # DNNsim's start rule (BitPragmatic::process_mmul), by hand: step s of a column starts once the column is
+    # free and the slowest column has finished step s - 1 - r
+    assert column_sync(cost, act, 1)[0] == 10 and column_sync(cost, act, 2)[0] == 10
+    late = np.array([[5, 1], [1, 1], [1, 1], [1, 1]])  # column 1 waits at step 2 for step 0's end (5)
+    assert column_sync(late, np.ones_like(late, bool), 1)[0] == 8
+    assert column_sync(late, np.ones_like(late, bool), 2)[0] == 8  # ends at 8 on column 0 anyway
 
 
 # ---- invariants ------------------------------------------------------------------------------------------

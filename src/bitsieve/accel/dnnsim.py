@@ -394,7 +394,8 @@ def export_work_folder(net: str, workloads: list, fmt: formats.Format, experimen
               + "Run (DNNsim reads ./DRAMSim2/ini and ./DRAMSim2/system.ini from the working folder):\n"
               f"  ln -s /path/to/DNNsim/DRAMSim2 DRAMSim2\n  /path/to/DNNsim/DNNsim {net}.batch\n"
               f"Compute cycles per layer: results/{net}/*_cycles.csv, column compute_cycles.\n"
-              + ("Where DNNsim's cycles will differ from bitsieve's (this configuration):\n" + "".join(f"  - {n}\n" for n in notes) if notes else ""))
+              + ("Where DNNsim's cycles will differ from bitsieve's (this configuration):\n"
+                 + "".join(f"  - {n}\n" for n in notes) if notes else ""))
     write_atomic(out / "README.txt", readme, force=force)
     write_atomic(batch, batch_text(net, fmt, experiments), force=force)
     return {"folder": str(out), "network": net, "format": fmt.name, "layers": names, "batch": str(batch),

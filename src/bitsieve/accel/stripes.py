@@ -2,8 +2,12 @@
 
 Source: DNNsim ``core/src/Stripes.cpp`` (cycles per step = the layer's activation precision p, or 16 with
 p > 16 taking ``ceil(p/16)`` columns per window) and ``core/src/ShapeShifter.cpp`` for the per-group
-dynamic-precision variant (Dynamic Stripes / ShapeShifter: per group of columns, cycles = highest set bit
-+ 1, +1 for a negative value, optional trimming of low zero bits). Confidence: reference code.
+dynamic-precision variant (Dynamic Stripes / ShapeShifter, ``process_mmul``: per group of columns, cycles =
+highest set bit + 1, optional trimming of low zero bits; in a signed layer, one whose activations include a
+negative value, DNNsim one's-complements every negative value (-m -> m - 1) and adds a sign bit to every
+value, zeros included: ``precision_values``). With ``column_registers`` > 0 the groups run ahead by DNNsim's
+start rule (``kernels.column_sync``). ``depthwise``, ``linear``, ``first_layer``: see ``accel.dnnsim``.
+Confidence: reference code.
 
 Precision (``precision``): DNNsim reads profiled per-layer precisions (``precision.txt``) that come from an
 accuracy search we do not have, so bitsieve offers ``data`` (default: the bits that hold every captured
