@@ -100,8 +100,7 @@ def _tables(case: str, fmt: str) -> dict:
 @pytest.mark.parametrize("case", CASES)
 def test_dnnsim_compute_cycles_match(case, fmt):
     """Every layer in every configuration: conv layers as configured, linear layers with linear=dnnsim
-    (DNNsim's one-token-at-a-time schedule; dense needs no switch). Bit-Tactical's linear layers are not
-    modelled DNNsim's way (accel/tactical.py) and are left out."""
+    (DNNsim's one-token-at-a-time schedule; dense needs no switch)."""
     doc = _tables(case, fmt)
     assert doc["dnnsim_commit"] == "4748a60" and len(doc["tables"]) == len(CONFIGS)
     _, workloads = case_workloads(case, fmt)
@@ -110,11 +109,8 @@ def test_dnnsim_compute_cycles_match(case, fmt):
         assert (table["accel"], table["set"]) == (accel, json.loads(json.dumps(sets)))
         extra = CASE_SETS.get(case, {})
         sims = {kind: Simulator(Run(accels=[accel], fmt=fmt, sets={accel: dict(sets, **extra, **more)}))
-                for kind, more in (("conv", {}), ("linear", {} if accel == "dense" else {"linear": "dnnsim"}))
-                if kind == "conv" or accel != "tactical"}
+                for kind, more in (("conv", {}), ("linear", {} if accel == "dense" else {"linear": "dnnsim"}))}
         for wl in workloads:
-            if wl.kind not in sims:
-                continue
             got = sims[wl.kind].layer(wl)[accel].cycles
             want = table["compute_cycles"][wl.name]
             checked += 1

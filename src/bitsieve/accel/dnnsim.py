@@ -13,8 +13,8 @@ pass on, a call reads the column it lands on, which holds that brick only when t
 of the columns, else zeros; the calls overlap, so at batch 1 'tokens', with one token on one column, takes
 several times DNNsim's cycles, while with C or more tokens both do the same work per column); ``depthwise`` =
 'tiles' (bitsieve: the channel bricks of a depthwise conv dealt to all tiles) or 'dnnsim' (DNNsim maps 16
-channels to the 16 rows x 16 lanes of one tile and runs the bricks in turn).
-Bit-Tactical keeps 'tokens' for linear layers (its DNNsim schedule of them is not modelled).
+channels to the 16 rows x 16 lanes of one tile and runs the bricks in turn); ``first_layer`` = 'keep' or
+'dnnsim' (``first_layer_rewrite``).
 """
 from __future__ import annotations
 
@@ -334,7 +334,7 @@ def export_work_folder(net: str, workloads: list, fmt: formats.Format, experimen
     cfgs = cfgs or {}
 
     def keeps(key: str) -> list[str]:
-        """Accelerators that keep bitsieve's choice for ``key`` (Bit-Tactical has no DNNsim linear mode)."""
+        """Accelerators that keep bitsieve's choice for ``key``."""
         return [a for a, c in cfgs.items() if a != "dense" and c.get(key, "tokens") != "dnnsim"]
 
     for wl in workloads:
@@ -365,7 +365,7 @@ def export_work_folder(net: str, workloads: list, fmt: formats.Format, experimen
         elif wl.kind == "linear" and keeps("linear"):
             notes.append(f"{wl.name}: linear; DNNsim issues its input bricks to the columns one call at a time, "
                          f"{', '.join(keeps('linear'))} map tokens to the columns (set ACCEL.linear=dnnsim to "
-                         "match; Bit-Tactical has no such mode)")
+                         "match)")
     targets = [batch, out / "README.txt", models / "model.csv", models / "precision.txt"] + [
         traces / f"{k}-{n}{'-0' if k == 'act' else ''}.npy" for n in names for k in ("wgt", "act")]
     clash = [str(t) for t in targets if t.exists()] if not force else []

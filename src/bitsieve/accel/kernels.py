@@ -704,6 +704,75 @@ def _tactical_kernel(M, gcost, ghi, glo, locs, nlocs, ustart, pid, pat_start, pa
         out_cycles[s_] = mx
 
 
+@nb.njit(cache=True, nogil=True)
+def _tactical_linear_kernel(M, src_t, src_l, exec_t, n_exec, rows_real, pass_fs, C, backend, window_shift, signed,
+                            minor, out):
+    """Per (token, call) costs of Bit-Tactical on a linear layer the DNNsim way (``process_linear`` with TCL):
+    call i of a pass runs the i-th executed step of each of its tiles; a slot fetches value M[token, step,
+    lane] of the step its weight came from, but only if that step's brick sits in the column of the call (call
+    index mod C; brick k sits in column k mod C), else a zero; at step 0 a padding slot fetches lane 0 of step
+    0. E (backend 0): the slowest row's shifter cycles (at least 1); P: highest bit over the rows and lanes
+    (+ ``signed``) + 1, or the trimmed span with ``minor``. The call costs its slowest tile."""
+    ntok, J, L = M.shape
+    R = src_t.shape[2]
+    buf = np.empty(max(L, 4), np.uint64)
+    for tok in range(ntok):
+        call = 0
+        for p in range(pass_fs.size - 1):
+            calls = 0
+            for f in range(pass_fs[p], pass_fs[p + 1]):
+                calls = max(calls, n_exec[f])
+            for i in range(calls):
+                col = call % C
+                cost = np.int64(0)
+                for f in range(pass_fs[p], pass_fs[p + 1]):
+                    if i >= n_exec[f]:
+                        continue
+                    t = exec_t[f, i]
+                    hi = np.int64(0)
+                    lo = np.int64(64)
+                    for r in range(min(rows_real[f], R)):
+                        m = 0
+                        for l in range(L):
+                            st = src_t[f, t, r, l]
+                            ln = src_l[f, t, r, l]
+                            if st < 0:
+                                if t != 0:
+                                    continue
+                                st, ln = 0, 0
+                            x = U64(M[tok, st, ln]) if st % C == col else U64(0)
+                            if backend == 0:
+                                buf[m] = x
+                                m += x != 0
+                            elif x != 0:
+                                hi = max(hi, _msb(x))
+                                lo = min(lo, _lsb(x))
+                        if backend == 0:
+                            cost = max(cost, max(_packed_cycles(buf, m, window_shift), np.int64(1)))
+                    if backend == 1:
+                        hi += signed
+                        cost = max(cost, (hi - lo + 1 if lo <= hi else 1 + signed) if minor else hi + 1)
+                out[tok, call] = cost
+                call += 1
+
+
+def tactical_linear_costs(M, src_t, src_l, execd, rows_real, pass_fs, C, backend, window_shift, signed, minor):
+    """[tokens, calls] costs of ``_tactical_linear_kernel``; ``M`` [tokens, steps, lanes] (term masks for E,
+    ``precision_values`` for P), ``pass_fs``: filter-set boundaries of the passes."""
+    F, T = execd.shape
+    n_exec = execd.sum(axis=1).astype(np.int64)
+    exec_t = np.zeros((F, max(T, 1)), np.int64)
+    for f in range(F):
+        ts = np.flatnonzero(execd[f])
+        exec_t[f, :ts.size] = ts
+    ncalls = sum(int(n_exec[pass_fs[p]:pass_fs[p + 1]].max(initial=0)) for p in range(len(pass_fs) - 1))
+    out = np.zeros((M.shape[0], ncalls), np.int64)
+    _tactical_linear_kernel(np.ascontiguousarray(M, dtype=np.int64), src_t, src_l, exec_t, n_exec,
+                            np.asarray(rows_real, np.int64), np.asarray(pass_fs, np.int64), int(C), int(backend),
+                            int(window_shift), int(signed), bool(minor), out)
+    return out
+
+
 def tactical_cycles(M, gcost, ghi, glo, pat_off, pat_start, pat_n, goff, execd, has_ident, img0, img1, cls, pass_id,
                     state_base, img_stride, nstates, Hp, Wp, Cp, cb, sh, sw, oh, ow, C, backend, window_shift, gsize,
                     minor, signed, registers, max_entries: int = 1 << 18):

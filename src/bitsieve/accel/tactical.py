@@ -24,7 +24,8 @@ fetches lane 0 (DNNsim's default buffer entry). Tiles run in lock-step (``Window
 set, the T filter sets of a pass each issue their executed steps, call i costs the slowest tile, and the
 column-sync state (``column_registers`` run-ahead, DNNsim's start rule) runs through the whole layer per
 sample. Depthwise: ``depthwise`` = 'tiles' (bitsieve: channel bricks dealt to the tiles, each on its own)
-or 'dnnsim' (every brick in turn on one tile).
+or 'dnnsim' (every brick in turn on one tile). Linear: ``linear`` = 'tokens' or 'dnnsim' (one token at a
+time, ``kernels.tactical_linear_costs``); ``first_layer``: see ``accel.dnnsim``.
 """
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ import numpy as np
 from ..errors import UserError
 from . import tiling
 from .base import ceil_div
-from .dnnsim import DnnsimModel, dense_streams, result
-from .kernels import _patterns_kernel, booth, pragmatic_cycles, tactical_cycles, tactical_schedule
+from .dnnsim import DnnsimModel, dense_streams, linear_dnnsim, result
+from .kernels import (_patterns_kernel, booth, pragmatic_cycles, tactical_cycles, tactical_linear_costs,
+                      tactical_schedule)
 
 
 class Tactical(DnnsimModel):
@@ -160,6 +162,12 @@ class Tactical(DnnsimModel):
                                 cfg["minor_bit"], signed, regs)
         out_c = out_c.astype(np.float64)
         cycles = tiling.round_robin(out_c, T) if wl.depthwise and cfg["depthwise"] == "tiles" else float(out_c.sum())
+        if wl.kind == "linear" and cfg["linear"] == "dnnsim":
+            pass_fs = np.r_[np.arange(0, F_, T), F_]
+            cost = tactical_linear_costs(M.reshape(-1, J, L).astype(np.int64), src_t, src_l, sch["execd"],
+                                         sch["rows_real"], pass_fs, C, 0 if pragmatic else 1,
+                                         1 << cfg["bits_first_stage"], signed, cfg["minor_bit"])
+            cycles = linear_dnnsim(cost, wl, cfg)
         # work: terms (E) or precision bits (P) of activations met by non-zero weights
         st = self.streams(wl, cfg)
         if pragmatic:
@@ -183,4 +191,5 @@ class Tactical(DnnsimModel):
                                                      "zero_weight_frac": 1.0 - sch["nz_weights"] / max(wm.size, 1)})
         loss = 1.0 - eff / max(cycles * units, 1.0)
         back = "Pragmatic" if pragmatic else "dynamic-precision"
-        return result(cycles, units, eff, ev, f"{back} back-end: slowest row x column of each scheduled step", loss, dense_streams(st, B), executed_steps=executed)
+        return result(cycles, units, eff, ev, f"{back} back-end: slowest row x column of each scheduled step", loss,
+                      dense_streams(st, B), executed_steps=executed)
