@@ -18,7 +18,7 @@ def small(tmp_path_factory):
     d = tmp_path_factory.mktemp("cmp")
     report, csv = d / "r.html", d / "rows.csv"
     args = ["compare", MODEL, "--accel", "bitx,bitwave", "--set", "bitx.keep=1", "--method", "bitwave:k=3",
-            "--no-curves", "--limit", str(LIMIT), "-o", str(report), "--csv", str(csv), "--workers", "1", "--json"]
+            "--curves", "none", "--limit", str(LIMIT), "-o", str(report), "--csv", str(csv), "--workers", "1", "--json"]
     return args, report, csv
 
 
@@ -92,6 +92,7 @@ def test_plan_shows_methods_only_where_they_can_change_something():
     assert all(len(u.numerics) == 1 for u in p.units if u.kind == "accuracy" and u.numerics[0][1].forward)
     assert p.limit == compare.quick_limit("imagenet")
     assert {e.design.name for e in p.entries} >= {"bitx[keep=2]", "bitxpro[keep=8]"}  # knob curves
+    assert not any(e.design.name.startswith("bitlet[") for e in p.entries)  # Bitlet curve only with all
 
 
 def test_paired_interval_and_agreement_from_records():

@@ -107,9 +107,10 @@ def compare(
     sets: Optional[list[str]] = typer.Option(None, "--set", help="ACCEL.PARAM=VALUE: a design parameter "
                                              "(repeatable), e.g. bitx.keep=4; it changes the design's cycles "
                                              "and its numerics alike."),
-    curves: bool = typer.Option(True, "--curves/--no-curves", help="Also run each design with a knob (BitX, "
-                                "BitXpro keep; Bitlet prune) over its values, for accuracy-versus-speed curves."),
-    sensitivity: int = typer.Option(6, "--sensitivity", help="Per-layer sensitivity: accuracy change when only one "
+    curves: str = typer.Option("weights", "--curves", help="Accuracy-versus-speed curves: weights (BitX, BitXpro "
+                               "over keep), all (also Bitlet over its prune mask: an emulated forward pass per "
+                               "point) or none."),
+    sensitivity: int = typer.Option(4, "--sensitivity", help="Per-layer sensitivity: accuracy change when only one "
                                     "layer runs the first pruning design's numerics, for this many layers (most "
                                     "MACs first), on at most 500 samples; 0 skips it."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Parallel processes (default: one per core)."),

@@ -32,14 +32,15 @@ from .study.sweepfile import DEFAULT_ACTIVATIONS, quick_limit
 
 DEFAULT_MODEL = "efficientnet-lite0"
 #: software methods shown by default: the ones no design applies by itself, each on the designs it can change
-DEFAULT_METHODS = ("bitwave", "bbs", "truncate")
+DEFAULT_METHODS = ("bitwave", "bbs")
+CURVES = ("weights", "all", "none")  # knob curves of the designs whose numerics rewrite weights / of all / none
 #: rough relative cost per unit, only to start the slow ones first
 COST_HINT = {"tactical": 10.0, "bitlet": 5.0, "laconic": 2.0, "pnpu": 1.5, "pragmatic": 1.0}
 TASK_METRIC = {"imagenet": "ImageNet top-1 %", "mnist": "MNIST top-1 %", "faces": "LFW face / non-face accuracy %",
                "stsb": "STS-B Spearman x100"}
-SENSITIVITY_LAYERS = 6  # per-layer sensitivity: the layers with the most MACs
+SENSITIVITY_LAYERS = 4  # per-layer sensitivity: the layers with the most MACs
 SENSITIVITY_SAMPLES = 500  # ... on at most this many samples (a subset of the accuracy samples)
-CLOCK_GHZ = 1.0  # for TOPS/W and GOPS/mm2 when a design states no clock: every design at the same 1 GHz
+CLOCK_GHZ = pipeline.CLOCK_GHZ
 
 
 def metric_label(model: str) -> str:
@@ -106,7 +107,7 @@ class Plan:
 
 def plan(model: str = DEFAULT_MODEL, *, methods: list[str] | None = None, accels: list[str] | None = None,
          fmt: str = "auto", group: int = 64, limit: int | None | str = "quick", accuracy: bool = True,
-         activations: int = DEFAULT_ACTIVATIONS, seed: int = 0, sets: dict | None = None, curves: bool = True,
+         activations: int = DEFAULT_ACTIVATIONS, seed: int = 0, sets: dict | None = None, curves: str = "weights",
          workers: int = 2, sensitivity: int = SENSITIVITY_LAYERS) -> Plan:
     """Check every choice and cut the comparison into units (nothing runs yet)."""
     from . import methods as methods_mod
@@ -131,8 +132,10 @@ def plan(model: str = DEFAULT_MODEL, *, methods: list[str] | None = None, accels
         if not shown:
             raise UserError(f"method {spec} runs on none of the designs compared (it needs a design that reads "
                             "weight bits in its format)")
-    if curves:
-        for d in base:
+    if curves not in CURVES:
+        raise UserError(f"--curves must be one of {', '.join(CURVES)}, got {curves!r}")
+    for d in base:  # an emulated forward pass (Bitlet) costs ~3x a weight rewrite: its curve only with 'all'
+        if curves == "all" or (curves == "weights" and not d.numerics().forward):
             entries += [designs.Entry(k) for k in designs.knob_designs(d)]
     builtin = BUILTINS.get(model)
     if limit == "quick":
@@ -255,8 +258,6 @@ def assemble(p: Plan, out: dict) -> list[dict]:
     """Simulator and profile rows as they came, plus one block of design rows per entry (layer '*', accel =
     the design, method = the software method or ''): accuracy with its interval and sample count, the
     paired change, agreement, speed-ups, latency, energy per inference, TOPS/W, GOPS/mm2, area."""
-    from . import evaluate
-
     rows: list[dict] = []
     recs: dict = {}
     sens = None
@@ -267,49 +268,17 @@ def assemble(p: Plan, out: dict) -> list[dict]:
             sens = (u, out.get(u) or {})
         else:
             rows += out.get(u) or []
-    whole = {(r["accel"], r["method"], r["metric"]): r["value"] for r in rows if r["layer"] == results.WHOLE}
-    per_layer: dict = {}
-    for r in rows:
-        if r["layer"] != results.WHOLE and r["metric"] in ("cycles", "dram_cycles", "dense_cycles"):
-            per_layer.setdefault((r["accel"], r["method"]), {}).setdefault(r["layer"], {})[r["metric"]] = r["value"]
+    whole, per_layer = pipeline.sim_index(rows)
     base = recs.get("original")
     model = p.model
     add_rows = []
     for e in p.entries:
         d = e.design
-        kw = dict(method=e.method, accel=d.name, format=d.fmt, group=0)
-
-        def add(metric, value, _kw=kw):
-            add_rows.append(results.row(model, results.WHOLE, metric, value, **_kw))
-
         rec = recs.get(e.accuracy_key()) if base is not None else None
-        if rec is not None:
-            m = rec.metrics()
-            key = evaluate.METRIC[rec.task]
-            c = evaluate._compare(base, rec)
-            add("accuracy", m[key])
-            add("accuracy_ci_low", c["ci_low"])
-            add("accuracy_ci_high", c["ci_high"])
-            add("n_samples", rec.n)
-            add("accuracy_delta", m[key] - base.metrics()[key])
-            add("accuracy_delta_ci_low", c["delta_ci_low"])
-            add("accuracy_delta_ci_high", c["delta_ci_high"])
-            add("agreement", c["agreement"])
-        lat = _latency(per_layer.get((d.name, e.method), {}))
-        dense = f"dense@{d.fmt}"
-        lat_d = _latency(per_layer.get((dense, ""), {}))
-        if lat:
-            add("latency_cycles", lat / max(p.activations, 1))  # per inference
-            a, ad = whole.get((d.name, e.method, "area_mm2")), whole.get((dense, "", "area_mm2"))
-            if lat_d and a and ad:
-                add("speedup_latency", lat_d / lat)
-                add("speedup_iso_area", (lat_d / lat) * (ad / a))
-            en, macs = whole.get((d.name, e.method, "energy_pj")), whole.get((d.name, e.method, "macs"))
-            if en and macs:
-                ops = 2.0 * macs / max(p.activations, 1)  # per inference, a MAC = 2 ops
-                add("tops_per_w", ops / en)
-                if a:  # the simulated batch's ops over its latency (the batch's) at CLOCK_GHZ, per mm2
-                    add("gops_per_mm2", 2.0 * macs / (lat / CLOCK_GHZ) / a)
+        metrics = {**(pipeline.accuracy_metrics(base, rec) if rec is not None else {}),
+                   **pipeline.performance_metrics(whole, per_layer, d.name, e.method, f"dense@{d.fmt}", p.activations)}
+        add_rows += [results.row(model, results.WHOLE, k, v, method=e.method, accel=d.name, format=d.fmt, group=0)
+                     for k, v in metrics.items()]
     if sens is not None and sens[1].get("original") is not None:
         u, rec = sens
         layers = per_layer.get((u.design.name, ""), {})
@@ -317,30 +286,18 @@ def assemble(p: Plan, out: dict) -> list[dict]:
         for name, r in rec.items():
             if name == "original":
                 continue
-            c = evaluate._compare(rec["original"], r)
-            key = evaluate.METRIC[r.task]
-            delta = r.metrics()[key] - rec["original"].metrics()[key]
-            for metric, v in (("sensitivity_delta", delta), ("sensitivity_delta_ci_low", c["delta_ci_low"]),
-                              ("sensitivity_delta_ci_high", c["delta_ci_high"]), ("sensitivity_samples", r.n)):
+            m = pipeline.accuracy_metrics(rec["original"], r)
+            for metric, v in (("sensitivity_delta", m["accuracy_delta"]),
+                              ("sensitivity_delta_ci_low", m["accuracy_delta_ci_low"]),
+                              ("sensitivity_delta_ci_high", m["accuracy_delta_ci_high"]), ("sensitivity_samples", r.n)):
                 add_rows.append(results.row(model, name, metric, v, **kw))
             lr = layers.get(name, {})
             if "dense_cycles" in lr and "cycles" in lr:
                 add_rows.append(results.row(model, name, "cycles_saved", lr["dense_cycles"] - lr["cycles"], **kw))
     if base is not None:
-        kw = dict(method="", accel="original", format="fp32", group=0)
-        m = base.metrics()
-        key = evaluate.METRIC[base.task]
-        lo, hi = evaluate._compare(base, base)["ci_low"], evaluate._compare(base, base)["ci_high"]
-        for k, v in (("accuracy", m[key]), ("accuracy_ci_low", lo), ("accuracy_ci_high", hi), ("n_samples", base.n)):
-            add_rows.append(results.row(model, results.WHOLE, k, v, **kw))
-        sat = hi >= 99.5 or (base.correct is not None and bool(base.correct.all()))
-        add_rows.append(results.row(model, results.WHOLE, "saturated", float(sat), **kw))
+        add_rows += [results.row(model, results.WHOLE, k, v, accel="original", format="fp32", group=0)
+                     for k, v in pipeline.original_metrics(base).items()]
     return rows + add_rows
-
-
-def _latency(layers: dict) -> float:
-    """Per-layer roofline: a layer takes max(compute cycles, DRAM cycles); the model the sum."""
-    return float(sum(max(v.get("cycles", 0.0), v.get("dram_cycles", 0.0)) for v in layers.values()))
 
 
 # ---- presenting ------------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ NATIVE = {"stripes": "int16", "pragmatic": "int16", "laconic": "int16", "tactica
 #: designs whose cycles read the weights' bits or zeros (a weight method can change them)
 READS_WEIGHTS = ("laconic", "tactical", "bitlet", "bitx", "bitxpro", "bitwave", "bitvert", "pnpu")
 #: the knob each design is swept over for accuracy-versus-speed curves, and its values
-KNOBS = {"bitx": ("keep", (2, 3, 4, 5, 6, 8)), "bitxpro": ("keep", (2, 3, 4, 5, 6, 8)),
+KNOBS = {"bitx": ("keep", (2, 4, 6, 8)), "bitxpro": ("keep", (2, 4, 6, 8)),
          "bitlet": ("prune", ("0xff0000", "0xfff000", "0xffff00", "0xffffff"))}
 
 

@@ -10,18 +10,80 @@ import numpy as np
 
 from .. import results
 from ..errors import UserError
-from .sweepfile import DEFAULT_ACTIVATIONS, Task
+from .sweepfile import Task
 
 
 def run_task(task: Task, progress: Callable[[str, float], None] | None = None) -> list[dict]:
-    """Every row of one task. ``progress(stage, fraction)`` hears how far it is."""
+    """Every row of one sweep task (model, format, group): load the model once (activations captured once),
+    apply every method once (in the task's format and group where it can), measure the methods' accuracy and
+    each design's accuracy as it computes, decompose every tensor once for the profile, and run the
+    accelerators layer by layer (activations packed once per layer for all methods)."""
     from .. import formats
+    from .. import model as model_mod
 
-    fmt = formats.get(task.format)
-    accels = applicable_accels(task.accels, fmt)
-    setting = Setting(task.format, task.group, task.align, tuple(accels), tuple(task.designs))
-    return study(task.model, [setting], task.methods, follow_format=True, eval_limit=task.eval_limit,
-                 activations=task.activations, seed=task.seed, progress=progress)
+    say = progress or (lambda stage, frac: None)
+    s = Setting(task.format, task.group, task.align, tuple(applicable_accels(task.accels, formats.get(task.format))),
+                tuple(task.designs))
+    steps = {spec: resolve(spec, task.format, task.group) for spec in task.methods}
+    need_acts = any(_needs_acts(st) for st in steps.values()) or _accels_need_acts(s.accels)
+    say("loading model", 0.0)
+    m = model_mod.load(task.model, activations=task.activations if need_acts else 0)
+    layers = [L for L in m.layers if L.kind in ("conv", "linear")]
+    if not layers:
+        raise UserError(f"{task.model} has no conv or linear layers")
+    weights: dict[str, list | None] = {"": None}  # new weights once per method (emulations change none)
+    for i, (spec, st) in enumerate(steps.items()):
+        say(f"method {spec}", 0.05 + 0.1 * i / max(len(steps), 1))
+        if all(x.method.kind == "weights" for x in st):
+            weights[spec] = apply(layers, st)
+    rows: list[dict] = []
+    recs: dict = {}
+    if task.eval_limit != 0:
+        rows += accuracy_rows(task.model, steps, task.eval_limit, [s], lambda f: say("accuracy", 0.15 + 0.2 * f))
+        items = {}
+        for d in setting_designs(s):
+            num = d.numerics()
+            items.setdefault(num.key(), (num.key(), num, d, ""))
+        recs = accuracy_records(task.model, list(items.values()), task.eval_limit,
+                                lambda f: say("design accuracy", 0.35 + 0.15 * f))
+    say(f"profile {s.format} g{s.group}", 0.5)
+    rows += profile_setting(m.name, layers, weights, s)
+    if s.accels:
+        sim = simulate_setting(m.name, layers, weights, s, task.seed,
+                               lambda f: say(f"accelerators {s.format}", 0.5 + 0.5 * f))
+        rows += sim + design_rows(m.name, s, sim, recs, weights, task.activations if need_acts else 1)
+    say("done", 1.0)
+    return rows
+
+
+def setting_designs(s: "Setting") -> list:
+    """The designs a sweep setting runs: each accelerator at its defaults, or its [designs] variants."""
+    from ..designs import Design
+
+    varied = {a for a, _ in s.designs}
+    return [Design(a, s.format) for a in s.accels if a not in varied] + \
+        [Design(a, s.format, tuple(ov)) for a, ov in s.designs if a in s.accels]
+
+
+def design_rows(model: str, s: "Setting", sim_rows, recs: dict, weights: dict, inferences: int) -> list[dict]:
+    """Design rows of a sweep setting, as compare writes them: accuracy as the design computes (method ''),
+    latency, iso-area speed-up, TOPS/W, GOPS/mm2 (every method). Dense is named 'dense' in sweeps."""
+    whole, per_layer = sim_index(sim_rows)
+    base = recs.get("original")
+    out = []
+    for d in setting_designs(s):
+        name = "dense" if d.accel == "dense" and not d.sets else d.name
+        for method in weights:
+            mt = performance_metrics(whole, per_layer, name, method, "dense", inferences)
+            rec = recs.get(d.numerics().key()) if method == "" and base is not None else None
+            if rec is not None:
+                mt = {**accuracy_metrics(base, rec), **mt}
+            out += [results.row(model, results.WHOLE, k, v, method=method, accel=name, format=s.format,
+                                group=s.group) for k, v in mt.items()]
+    if base is not None:
+        out += [results.row(model, results.WHOLE, k, v, accel="original", format=s.format, group=s.group)
+                for k, v in original_metrics(base).items()]
+    return out
 
 
 @dataclass(frozen=True)
@@ -51,48 +113,6 @@ def applicable_accels(names, fmt) -> list[str]:
             continue
         ok.append(n)
     return ok
-
-
-def study(model_spec, settings: list[Setting], method_specs, *, follow_format: bool, eval_limit: int | None,
-          activations: int = DEFAULT_ACTIVATIONS, seed: int = 0, progress=None, model=None) -> list[dict]:
-    """The pipeline of a sweep task: load the model once (activations captured once),
-    apply every method once, then per setting decompose every tensor once for the profile and run the
-    accelerators layer by layer (activations packed once per layer for all methods).
-
-    ``follow_format``: methods read the (single) setting's format and group where they can (sweeps);
-    otherwise each method runs at its own defaults (compare).
-    """
-    from .. import model as model_mod
-
-    say = progress or (lambda stage, frac: None)
-    rows: list[dict] = []
-    fmt0, g0 = (settings[0].format, settings[0].group) if follow_format else (None, None)
-    steps = {spec: resolve(spec, fmt0, g0) for spec in method_specs}
-    need_acts = any(_needs_acts(st) for st in steps.values()) or any(_accels_need_acts(s.accels) for s in settings)
-    say("loading model", 0.0)
-    m = model if model is not None else model_mod.load(model_spec, activations=activations if need_acts else 0)
-    layers = [L for L in m.layers if L.kind in ("conv", "linear")]
-    if not layers:
-        raise UserError(f"{model_spec} has no conv or linear layers")
-    # methods: new weights once per method (forward-pass emulations change no weights)
-    weights: dict[str, list | None] = {"": None}
-    for i, (spec, st) in enumerate(steps.items()):
-        say(f"method {spec}", 0.05 + 0.1 * i / max(len(steps), 1))
-        if all(x.method.kind == "weights" for x in st):
-            weights[spec] = apply(layers, st)
-    # accuracy on the model's real task
-    if eval_limit != 0:
-        rows += accuracy_rows(model_spec, steps, eval_limit, settings,
-                              lambda f: say("accuracy", 0.15 + 0.35 * f))
-    for si, s in enumerate(settings):
-        say(f"profile {s.format} g{s.group}", 0.5 + 0.5 * si / len(settings))
-        rows += profile_setting(m.name, layers, weights, s)
-        if s.accels:
-            rows += simulate_setting(m.name, layers, weights, s, seed,
-                                      lambda f, _si=si: say(f"accelerators {s.format}",
-                                                            0.5 + 0.5 * (_si + f) / len(settings)))
-    say("done", 1.0)
-    return rows
 
 
 def _needs_acts(steps) -> bool:
@@ -373,4 +393,69 @@ def sensitivity_records(model: str, d, layers: int, limit, say) -> dict:
         finally:
             L.weight[...] = saved
         say((i + 1) / len(top))
+    return out
+
+
+# ---- design rows (compare and sweep alike) -------------------------------------------------------------------
+CLOCK_GHZ = 1.0  # for GOPS/mm2 when a design states no clock: every design at the same 1 GHz
+
+
+def accuracy_metrics(base, rec) -> dict:
+    """A design's accuracy against the original on the same samples: the metric with its interval and sample
+    count, the paired change with its interval, agreement with the original's predictions."""
+    from .. import evaluate
+
+    key = evaluate.METRIC[rec.task]
+    c = evaluate._compare(base, rec)
+    v = rec.metrics()[key]
+    return {"accuracy": v, "accuracy_ci_low": c["ci_low"], "accuracy_ci_high": c["ci_high"], "n_samples": rec.n,
+            "accuracy_delta": v - base.metrics()[key], "accuracy_delta_ci_low": c["delta_ci_low"],
+            "accuracy_delta_ci_high": c["delta_ci_high"], "agreement": c["agreement"]}
+
+
+def original_metrics(base) -> dict:
+    from .. import evaluate
+
+    c = evaluate._compare(base, base)
+    out = {"accuracy": base.metrics()[evaluate.METRIC[base.task]], "accuracy_ci_low": c["ci_low"],
+           "accuracy_ci_high": c["ci_high"], "n_samples": base.n}
+    out["saturated"] = float(out["accuracy_ci_high"] >= 99.5 or (base.correct is not None and bool(base.correct.all())))
+    return out
+
+
+def sim_index(rows) -> tuple[dict, dict]:
+    """Whole-model values {(accel, method, metric): value} and per-layer {(accel, method): {layer: {metric}}}
+    (cycles, DRAM cycles, dense cycles) of simulator rows."""
+    whole = {(r["accel"], r["method"], r["metric"]): r["value"] for r in rows if r["layer"] == results.WHOLE}
+    per_layer: dict = {}
+    for r in rows:
+        if r["layer"] != results.WHOLE and r["metric"] in ("cycles", "dram_cycles", "dense_cycles"):
+            per_layer.setdefault((r["accel"], r["method"]), {}).setdefault(r["layer"], {})[r["metric"]] = r["value"]
+    return whole, per_layer
+
+
+def latency(layers: dict) -> float:
+    """Per-layer roofline: a layer takes max(compute cycles, DRAM cycles); the model the sum."""
+    return float(sum(max(v.get("cycles", 0.0), v.get("dram_cycles", 0.0)) for v in layers.values()))
+
+
+def performance_metrics(whole: dict, per_layer: dict, name: str, method: str, dense: str, inferences: int) -> dict:
+    """Latency per inference (per-layer roofline), its speed-up over the dense design ``dense``, the same scaled
+    to equal area, TOPS/W (energy rows are per inference) and GOPS/mm2 at CLOCK_GHZ."""
+    out = {}
+    lat = latency(per_layer.get((name, method), {}))
+    if not lat:
+        return out
+    n = max(int(inferences), 1)
+    out["latency_cycles"] = lat / n
+    lat_d = latency(per_layer.get((dense, ""), {}))
+    a, ad = whole.get((name, method, "area_mm2")), whole.get((dense, "", "area_mm2"))
+    if lat_d and a and ad:
+        out["speedup_latency"] = lat_d / lat
+        out["speedup_iso_area"] = (lat_d / lat) * (ad / a)
+    en, macs = whole.get((name, method, "energy_pj")), whole.get((name, method, "macs"))
+    if en and macs:
+        out["tops_per_w"] = 2.0 * macs / n / en  # ops per pJ = TOPS/W; a MAC is 2 ops
+        if a:
+            out["gops_per_mm2"] = 2.0 * macs / (lat / CLOCK_GHZ) / a
     return out
