@@ -21,9 +21,11 @@ from .energy import filter_passes, sram_operand_bits
 
 
 class Dense(Accelerator):
-    """Dense bit-parallel baseline (DaDianNao-like): one window per step, lanes x rows x tiles MACs per
-    cycle, no sparsity exploited. Source: DNNsim core/src/DaDianNao.cpp. Confidence: reference code.
-    Formats: all (fp32, bf16, fp16, fixed point)."""
+    """Dense bit-parallel baseline (DaDianNao-like): one window per step, lanes x rows x tiles MACs per cycle, no
+    sparsity exploited. Source: DNNsim core/src/DaDianNao.cpp. Confidence: reference code. Formats: all (fp32,
+    bf16, fp16, fixed point). Mapping defaults are bitsieve's where it deliberately differs from DNNsim
+    (depthwise, 3-channel strided first layers); ``depthwise``/``first_layer`` = 'dnnsim' reproduce DNNsim
+    (checked per layer in tests/test_dnnsim_parity.py)."""
 
     name = "dense"
 

@@ -22,9 +22,12 @@ from .kernels import terms
 
 
 class Laconic(DnnsimModel):
-    """Laconic (ISCA'19): activations and weights both decomposed into Booth-like terms, each lane
-    processing term pairs serially; the slowest lane/row/column of a tile sets the step. Source: DNNsim
-    core/src/Laconic.cpp. Confidence: reference code. Formats: fixed point only (int<b>)."""
+    """Laconic (ISCA'19): activations and weights both decomposed into Booth-like terms, each lane processing term
+    pairs serially; the slowest lane/row/column of a tile sets the step. Source: DNNsim core/src/Laconic.cpp.
+    Confidence: reference code. Formats: fixed point only (int<b>). Mapping defaults are bitsieve's where it
+    deliberately differs from DNNsim (depthwise, linear, 3-channel strided first layers);
+    ``depthwise``/``linear``/``first_layer`` = 'dnnsim' reproduce DNNsim (checked per layer in
+    tests/test_dnnsim_parity.py)."""
 
     name = "laconic"
     uses_weights = True

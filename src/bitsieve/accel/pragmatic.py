@@ -38,10 +38,12 @@ def brick_cost(mags, cfg, bits: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Pragmatic(DnnsimModel):
-    """Bit-Pragmatic (MICRO'17): only the essential bits of each activation are processed bit-serially
-    against 16-bit weights, through a two-stage shifter (bits_first_stage), optionally Booth-like recoded,
-    with column run-ahead registers. Source: DNNsim core/src/BitPragmatic.cpp. Confidence: reference code.
-    Formats: fixed point only (int<b>; DNNsim's design is 16-bit)."""
+    """Bit-Pragmatic (MICRO'17): only the essential bits of each activation are processed bit-serially against 16-bit
+    weights, through a two-stage shifter (bits_first_stage), optionally Booth-like recoded, with column run-
+    ahead registers. Source: DNNsim core/src/BitPragmatic.cpp. Confidence: reference code. Formats: fixed point
+    only (int<b>; DNNsim's design is 16-bit). Mapping defaults are bitsieve's where it deliberately differs from
+    DNNsim (depthwise, linear, 3-channel strided first layers); ``depthwise``/``linear``/``first_layer`` =
+    'dnnsim' reproduce DNNsim (checked per layer in tests/test_dnnsim_parity.py)."""
 
     name = "pragmatic"
 

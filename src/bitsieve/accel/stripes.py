@@ -86,9 +86,12 @@ def linear_dynamic(mags, signs, wl, cfg) -> np.ndarray:
 
 
 class Stripes(DnnsimModel):
-    """Stripes (MICRO'16): bit-serial activations x bit-parallel 16-bit weights, time proportional to the
-    activation precision. Source: DNNsim core/src/Stripes.cpp and core/src/ShapeShifter.cpp (dynamic
-    precision). Confidence: reference code. Formats: fixed point only (int<b>)."""
+    """Stripes (MICRO'16): bit-serial activations x bit-parallel 16-bit weights, time proportional to the activation
+    precision. Source: DNNsim core/src/Stripes.cpp and core/src/ShapeShifter.cpp (dynamic precision).
+    Confidence: reference code. Formats: fixed point only (int<b>). Mapping defaults are bitsieve's where it
+    deliberately differs from DNNsim (depthwise, linear, 3-channel strided first layers);
+    ``depthwise``/``linear``/``first_layer`` = 'dnnsim' reproduce DNNsim (checked per layer in
+    tests/test_dnnsim_parity.py)."""
 
     name = "stripes"
 

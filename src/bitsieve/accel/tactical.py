@@ -40,10 +40,12 @@ from .kernels import (_patterns_kernel, booth, pragmatic_cycles, tactical_cycles
 
 
 class Tactical(DnnsimModel):
-    """Bit-Tactical (ASPLOS'19): lookahead/lookaside weight-sparsity scheduler ('T' or 'L' search shape)
-    on a Pragmatic (TCL-E) or dynamic-precision (TCL-P) activation back-end. Source: DNNsim
-    core/src/BitTactical.cpp, BitPragmatic.cpp, ShapeShifter.cpp. Confidence: reference code.
-    Formats: fixed point only (int<b>)."""
+    """Bit-Tactical (ASPLOS'19): lookahead/lookaside weight-sparsity scheduler ('T' or 'L' search shape) on a Pragmatic
+    (TCL-E) or dynamic-precision (TCL-P) activation back-end. Source: DNNsim core/src/BitTactical.cpp,
+    BitPragmatic.cpp, ShapeShifter.cpp. Confidence: reference code. Formats: fixed point only (int<b>). Mapping
+    defaults are bitsieve's where it deliberately differs from DNNsim (depthwise, linear, 3-channel strided
+    first layers); ``depthwise``/``linear``/``first_layer`` = 'dnnsim' reproduce DNNsim (checked per layer in
+    tests/test_dnnsim_parity.py)."""
 
     name = "tactical"
     uses_weights = True
