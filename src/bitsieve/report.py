@@ -270,7 +270,7 @@ def fig_energy(ix, s, methods):
                    edgecolor="white", lw=0.3, label=method_label(m) if k == 0 else None)
             bottom += ys
     ax.set_xticks(range(len(accs)), accs, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("energy per simulated batch (µJ)")
+    ax.set_ylabel("energy per inference (µJ)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False,
               title="method (parts, dark to light:\n" + ", ".join(p.split(".", 1)[-1] for p in parts) + ")",
@@ -828,7 +828,7 @@ def _sweep_sections(doc: _Doc, rows, ix: _Index, models):
                            f"the dashed line is the whole-model figure. Model {s[0]}, format {s[1]}, group {s[2]}.",
                            f"Per-layer speed-up, {method_label(m)}")
             doc.figure(fig_energy(ix, s, sim_ms[:MAX_HEATMAPS]),
-                       "Energy per simulated batch by part (compute, DRAM, SRAM; dark to light), one cluster per "
+                       "Energy per inference by part (compute, DRAM, SRAM; dark to light), one cluster per "
                        f"accelerator, one bar per method (first {MAX_HEATMAPS} shown). "
                        + _setting_text(s, sim_ms[:MAX_HEATMAPS]), "Energy breakdown")
         profiled = [m for m in ms if m in ix.profiled[s]]
