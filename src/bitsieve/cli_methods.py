@@ -34,15 +34,21 @@ def methods_cmd(json_out: bool = typer.Option(False, "--json", help="Machine-rea
                             (scflp, "scflp", "training: stochastic coarse-fine pruning + adaptive zero skipping")):
         rows.append({"kind": "training", "name": name, "confidence": "reconstructed (patent/abstract)",
                      "source": mod.SOURCE, "description": what + " (bitsieve train)"})
+    from .designs import Design
+
     for name, acc in ACCELERATORS.items():
+        d = Design.make(name)
+        num = d.numerics()
         rows.append({"kind": "accelerator", "name": name, "confidence": str(acc.confidence),
-                     "source": " ".join(str(acc.source).split()), "description": " ".join(str(acc.doc).split())})
+                     "source": " ".join(str(acc.source).split()), "description": " ".join(str(acc.doc).split()),
+                     "design": {"format": d.fmt, "computes": num.describe(), "note": num.note}})
     if json_out:
         print(json.dumps(rows, indent=1, default=str))
         return
     t = Table("kind", "name", "confidence", "source", "description", title="bit-level methods and accelerators")
     for r in rows:
-        t.add_row(r["kind"], r["name"], r["confidence"], r["source"], r["description"])
+        desc = r["description"] + (f" As a design it runs {r['design']['computes']}." if r.get("design") else "")
+        t.add_row(r["kind"], r["name"], r["confidence"], r["source"], desc)
     out.print(t)
     for r in rows:
         if r.get("params"):
