@@ -441,7 +441,7 @@ def test_bitlet_matmul_equals_pe_dot(k, o, p, prune, strict, kernel, data):
             assert out[i, j].view(np.uint32) == pe_group_sum(w[j], x[i], starts, lens, prune, strict).view(np.uint32)
 
 
-@pytest.mark.parametrize("grouping", ["tap", "flat"])
+@pytest.mark.parametrize("grouping", ["tap", "flat", "auto"])
 @pytest.mark.parametrize("kind", ["conv", "depthwise", "depthwise_tiny", "pointwise", "strided1x1", "linear"])
 def test_bitlet_layers_equal_pe_dot(kind, grouping):
     torch.manual_seed(0)
@@ -484,6 +484,21 @@ def test_bitlet_layers_equal_pe_dot(kind, grouping):
     cg, taps = w.shape[1], w.shape[2] * w.shape[3]
     og = w.shape[0] // groups
     cols = cols.reshape(n, c, taps, -1).numpy()
+    if grouping == "auto":  # the Bitlet design's lanes (bitsieve.lanes, layout auto), group by group in order
+        from bitsieve import lanes
+
+        lay = lanes.layout(w.shape, 64, "auto")
+        for ni in range(n):
+            for o in range(w.shape[0]):
+                g0 = (o // og) * cg
+                for l in range(0, cols.shape[-1], 7):
+                    acc = np.float32(-0.0)
+                    for ch, tp, ok in zip(lay.lane_ch, lay.lane_tap, lay.valid):
+                        wv = w[o].reshape(cg, taps)[ch[ok], tp[ok]]
+                        av = cols[ni, g0 + ch[ok], tp[ok], l]
+                        acc = np.float32(acc + pe_group_sum(wv, av, [0], [len(wv)], prune, False))
+                    assert y[ni, o].reshape(-1)[l].view(np.uint32) == fin(acc, o).view(np.uint32), (ni, o, l)
+        return
     for ni in range(n):
         for o in range(w.shape[0]):
             g0 = (o // og) * cg

@@ -123,10 +123,10 @@ class Design:
                                   f"drop={str(c['drop']).lower()},score={c['score']},format={fmt},"
                                   f"group={c['group']},layout={c['layout']}",), note=by_construction)
         if self.accel == "bitlet" and f.is_float:
-            grouping = "flat" if c["layout"] == "flat" else "tap"
-            note = ("" if c["layout"] in ("channel", "flat") else
-                    f"cycles group lanes by '{c['layout']}', the emulated numerics along input channels per tap "
-                    "(the emulation has no per-channel tap grouping)")
+            grouping = {"flat": "flat", "channel": "tap", "auto": "auto"}.get(c["layout"], "auto")
+            note = ("" if c["layout"] != "tap" else
+                    "cycles group every layer's lanes along kernel taps; the emulated numerics do so only where "
+                    "k^2 > c_w (the emulation's 'auto' grouping)")
             return Numerics("fp32", (), f"bitlet:prune={hex(c['prune'])},group={c['group']},grouping={grouping}", note)
         return Numerics(f.name)
 

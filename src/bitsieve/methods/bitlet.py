@@ -17,7 +17,9 @@ Only ``conv2d`` / ``linear`` calls whose weight is a module parameter are emulat
 not emulated here (it needs a quantisation of every activation); ``pe_dot`` models it per group.
 Groups follow methods.md decision 1: along the input channels of each kernel tap (``grouping=tap``), or
 along the flattened channel-last (tap, channel) axis (``grouping=flat``: a depthwise 3x3 is one 9-pair
-group). Confidence: **exact (RTL)** for the group numerics (bit for bit equal to ``pe_dot``); how a real
+group), or as the Bitlet design's simulator cuts lanes with its default ``auto`` layout (``grouping=auto``,
+``bitsieve.lanes``: along the kernel taps of each input channel where k^2 > c_w, first and depthwise layers,
+else along the input channels of each tap), so the design's numerics and its cycles read the same groups. Confidence: **exact (RTL)** for the group numerics (bit for bit equal to ``pe_dot``); how a real
 Bitlet accelerator tiles a layer into groups is not published (decision 1 is bitsieve's choice).
 
 Speed: one Numba kernel per layer, no per-group Python; the batch and the output pixels form one axis
@@ -50,7 +52,7 @@ from ..accel.bitlet_pe import ALL_CHANNELS, _pack_fp
 from ..errors import UserError
 from .core import Method, Param
 
-GROUPINGS = ("tap", "flat")
+GROUPINGS = ("tap", "flat", "auto")
 OBLOCK = 256  # outputs per block of the output-vectorised kernel
 PBLOCK = 256  # columns per block of the column-vectorised kernel
 COLS_MAX_OUT, COLS_MAX_GROUP = 64, 32  # see use_columns
@@ -658,8 +660,9 @@ class Emulator:
         wo = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
         taps, og = kh * kw, o // groups
         bias = np.zeros(0, np.float32) if b is None else np.ascontiguousarray(b.detach().float().numpy())
+        by_taps = self.grouping == "auto" and taps > cg  # bitsieve.lanes 'auto': taps of each channel
         if cg == 1 and og == 1 and groups > 1:  # depthwise: straight from the input
-            gs, gl = _groups(taps, 1, self.group, self.grouping)
+            gs, gl = _groups(taps, 1, self.group, "flat" if by_taps else self.grouping)
             out = np.empty((n, c, ho, wo), np.float32)
             geo = (kw, stride[0], stride[1], dilation[0], dilation[1])
             self.pairs += c * taps * n * ho * wo
@@ -673,19 +676,26 @@ class Emulator:
                 we, wf = self._weights(w, "dw", lambda a: split_weights(a.reshape(o, taps)))
                 _bitlet_depthwise(_words(xp), we, wf, *geo, gs, gl, self.runs, self.strict, bias, out)
             return torch.from_numpy(out)
-        gs, gl = _groups(taps, cg, self.group, self.grouping)
+        # the dot-product axis is channel-last (tap, channel), or channel-major (channel, tap) when the groups
+        # run along each channel's taps
+        gs, gl = _groups(cg, taps, self.group, "tap") if by_taps else _groups(taps, cg, self.group, self.grouping)
         outs = []
         for gi in range(groups):
             xg = x[:, gi * cg:(gi + 1) * cg]
             if taps == 1 and padding == (0, 0):
                 cols = _words(xg[:, :, ::stride[0], ::stride[1]]).reshape(n, cg, ho * wo)
                 kmap = np.arange(cg)
-            else:  # unfold rows are (channel, tap); the groups read them tap-major
+            else:  # unfold rows are (channel, tap)
                 cols = _words(F.unfold(xg, (kh, kw), dilation, padding, stride))
-                kmap = (np.arange(cg)[None, :] * taps + np.arange(taps)[:, None]).reshape(-1)
+                kmap = np.arange(cg * taps) if by_taps else \
+                    (np.arange(cg)[None, :] * taps + np.arange(taps)[:, None]).reshape(-1)
             A = np.ascontiguousarray(cols.transpose(1, 0, 2)).reshape(cols.shape[1], n * ho * wo)
-            matrix = lambda a, gi=gi: a[gi * og:(gi + 1) * og].transpose(0, 2, 3, 1).reshape(og, taps * cg)  # noqa: E731
-            outs.append(self._matmul(A, kmap, w, f"conv{gi}", matrix, gs, gl, og).reshape(og, n, ho * wo))
+            if by_taps:
+                matrix = lambda a, gi=gi: a[gi * og:(gi + 1) * og].reshape(og, cg * taps)  # noqa: E731
+            else:
+                matrix = lambda a, gi=gi: a[gi * og:(gi + 1) * og].transpose(0, 2, 3, 1).reshape(og, taps * cg)  # noqa: E731
+            key = f"conv{gi}/{'taps' if by_taps else 'lanes'}"
+            outs.append(self._matmul(A, kmap, w, key, matrix, gs, gl, og).reshape(og, n, ho * wo))
         out = (np.concatenate(outs) if groups > 1 else outs[0]).transpose(1, 0, 2)
         if b is not None:  # the bias is added once, in fp32, after the group sums
             out = out + bias[None, :, None]
@@ -748,7 +758,9 @@ PARAMS = (
     Param("group", "int", 64, "pairs per PE group (the RTL's N_total is 64; fewer = zero-padded groups)",
           lo=1, hi=64),
     Param("grouping", "str", "tap", "tap: groups along input channels per kernel tap (decision 1); flat: "
-                                    "along the flattened (tap, channel) axis", choices=GROUPINGS),
+                                    "along the flattened (tap, channel) axis; auto: the lanes of the Bitlet "
+                                    "design's default layout (taps of each channel where k^2 > c_w)",
+          choices=GROUPINGS),
 )
 
 
