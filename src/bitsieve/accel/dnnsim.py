@@ -204,11 +204,12 @@ DNNSIM_COMMIT = "4748a60"
 DNNSIM_PATCHES = (
     "base/include/base/Network.h, Network::fixed_point(): the fixed-point network is built as "
     "Network<uint16_t>(name, quantised, data_width, profiled) but the constructor takes (name, data_width, "
-    "profiled, quantised); swap to (name, data_width, profiled, quantised) (the width of the converted network "
-    "is otherwise 0/1: the Potentials task divides by it)",
-    "core/src/Utils.cpp: generateBoothEncodingTable and generateMinMaxTable hold 32768 entries (15-bit values) "
-    "and generateEffectualBitsTable 65535, but the fixed-point traces are 16-bit (a magnitude of 32768, a "
-    "one's-complemented value with bit 15 set) and read past the end; make all three MAX_VALUES = 65536",
+    "profiled, quantised); swap to (name, data_width, profiled, quantised). The converted network's width "
+    "becomes 0/1, which the Potentials task uses as the bit width; compute cycles do not depend on it",
+    "core/src/Utils.cpp: generateBoothEncodingTable and generateMinMaxTable hold 32768 entries and "
+    "generateEffectualBitsTable 65535, but Booth-like recoding of a 15-bit magnitude can set bit 15 "
+    "(32767 -> 0x8001) and the tables are then read past their end: BitPragmatic::process_pe never finishes "
+    "on int16 traces (Pragmatic/Bit-Tactical-E with Booth); make all three MAX_VALUES = 65536. Required",
 )
 _MEMORY = """        cpu_clock_freq: "1GHz"
         dram_conf: "DDR4_3200"
