@@ -67,14 +67,15 @@ class DnnsimModel(Accelerator):
         return wl, mags, signs, wm
 
     def streams(self, wl, cfg) -> tiling.Streams:
-        return tiling.dnnsim_streams(wl, cfg["lanes"], cfg["columns"], cfg["rows"], cfg["tiles"], cfg["depthwise"])
+        return tiling.dnnsim_issue_streams(wl, cfg["lanes"], cfg["columns"], cfg["rows"], cfg["tiles"],
+                                           cfg["depthwise"])
 
     # ---- shared event counts --------------------------------------------------------------------------
     def events(self, wl, cfg, fmt, cycles, st: tiling.Streams, extra=None) -> dict:
         """Energy-model counts: PE-cycles (every PE is clocked every cycle, as BitSim charges them), MACs,
         and the SRAM bits of real operands (DNNsim's weight/activation buffer reads, padding not counted):
         a weight brick once per window set of C columns, an activation brick once per filter pass."""
-        steps = st.idx.shape[0] * st.idx.shape[1] * (st.passes if st.depthwise == "tiles" else 1)
+        steps = st.idx.shape[0] * st.idx.shape[1] * st.repeat
         window_sets = wl.batch * -(-wl.windows // st.idx.shape[2])
         ev = {"pe_cycles": cycles * self.n_pe(cfg), "macs": wl.macs, "tile_steps": steps,
               **sram_operand_bits(wl, window_sets, st.passes, self.width(fmt))}

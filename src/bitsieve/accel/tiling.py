@@ -262,12 +262,12 @@ DEPTHWISE = ("tiles", "dnnsim")
 class Streams:
     """DNNsim schedule of one layer. ``idx`` [Q, S, C]: for stream q, step s and column c, the flat index of
     the activation brick read (into [Nb, Hp, Wp, cb]); -1 = idle column. A stream is one column-sync state,
-    its steps in DNNsim's issue order (``WindowFirstOutS``): per sample, conv group, window set, filter pass
-    (``passes`` passes of R x T filters, the tiles in lock-step), step (ky, kx, brick); Q = samples.
-    Depthwise (``depthwise`` = 'tiles', bitsieve's mapping): one stream per channel brick over every image
-    (one filter per lane), ``tiles`` tiles take the streams round-robin, each repeated ``passes`` (channel
-    multiplier) times; 'dnnsim': DNNsim's mapping, every brick in turn on one tile (per sample: brick, window
-    set, pass, tap). ``shape``: the axes of S (groups or bricks, window sets, passes, steps)."""
+    its steps in DNNsim's issue order (``WindowFirstOutS``, ``dnnsim_issue_streams``): per sample, conv
+    group, window set, filter pass (``passes`` passes of R x T filters, the tiles in lock-step), step (ky, kx,
+    brick); Q = samples. Depthwise (``depthwise`` = 'tiles', bitsieve's mapping): one stream per channel brick
+    over every image (one filter per lane), ``tiles`` tiles take the streams round-robin; 'dnnsim': DNNsim's
+    mapping, every brick in turn on one tile (per sample: brick, window set, pass, tap). ``shape``: the axes of
+    S (groups or bricks, window sets, passes, steps); ``repeat``: how many times every stream runs."""
 
     idx: np.ndarray
     steps: int
@@ -275,16 +275,30 @@ class Streams:
     tiles: int
     depthwise: str
     shape: tuple
+    repeat: int
 
     def combine(self, stream_cycles: np.ndarray) -> float:
-        """Per-stream cycles [Q] -> layer cycles (sum over samples, or the busiest tile of the round-robin)."""
+        """Per-stream cycles [Q] -> layer cycles (sum, or the busiest tile of the round-robin) x ``repeat``."""
         if self.depthwise == "tiles":
-            return round_robin(stream_cycles, self.tiles) * self.passes
-        return float(np.sum(stream_cycles))
+            return round_robin(stream_cycles, self.tiles) * self.repeat
+        return float(np.sum(stream_cycles)) * self.repeat
 
 
-def dnnsim_streams(wl: Workload, L: int, C: int, R: int, T: int, depthwise: str = "tiles") -> Streams:
-    """The DNNsim output-stationary schedule of ``wl`` for L lanes, C columns, R rows, T tiles."""
+def dnnsim_streams(wl: Workload, L: int, C: int, R: int, T: int) -> Streams:
+    """One filter pass of the DNNsim output-stationary schedule, every image in one stream (images in
+    ``act_grouped`` order), repeated ``passes`` times; depthwise as 'tiles'. For rules whose cost does not
+    depend on the issue order (PNPU's lane model)."""
+    st = dnnsim_issue_streams(wl, L, C, R, T, "tiles")
+    if wl.depthwise:
+        return st
+    Gi, nsets, passes, steps = st.shape
+    idx = st.idx.reshape(-1, Gi, nsets, passes, steps, C)[:, :, :, 0].transpose(1, 0, 2, 3, 4).reshape(1, -1, C)
+    return Streams(idx, steps, passes, T, "", (Gi * wl.batch, nsets, 1, steps), passes)
+
+
+def dnnsim_issue_streams(wl: Workload, L: int, C: int, R: int, T: int, depthwise: str = "tiles") -> Streams:
+    """The DNNsim output-stationary schedule of ``wl`` for L lanes, C columns, R rows, T tiles, one stream per
+    column-sync state in DNNsim's issue order (``Streams``)."""
     (kh, kw), (sh, sw) = wl.kernel, wl.stride
     Hp, Wp = wl.padded_hw
     oh, ow = wl.out_hw
@@ -307,14 +321,14 @@ def dnnsim_streams(wl: Workload, L: int, C: int, R: int, T: int, depthwise: str 
         idx = np.where(b0 >= 0, b0 + off[None, :, None, :, None], -1)  # [N, cb, nsets, taps, C]
         if depthwise == "dnnsim":
             idx = np.broadcast_to(idx[:, :, :, None], (N, cb, nsets, wl.og, kh * kw, C))
-            return Streams(idx.reshape(N, -1, C), kh * kw, wl.og, 1, "dnnsim", (cb, nsets, wl.og, kh * kw))
+            return Streams(idx.reshape(N, -1, C), kh * kw, wl.og, 1, "dnnsim", (cb, nsets, wl.og, kh * kw), 1)
         idx = idx.transpose(1, 0, 2, 3, 4).reshape(cb, -1, C)
-        return Streams(idx, kh * kw, wl.og, T, "tiles", (N, nsets, 1, kh * kw))
+        return Streams(idx, kh * kw, wl.og, T, "tiles", (N, nsets, 1, kh * kw), wl.og)
     off = (tap_off[:, None] + np.arange(cb)[None, :]).reshape(-1)  # [(taps, cb)]
     passes = ceil_div(wl.og, R * T)
     idx = np.where(base >= 0, base + off[:, None], -1)  # [N, Gi, nsets, steps, C]
     idx = np.broadcast_to(idx[:, :, :, None], (N, Gi, nsets, passes, off.size, C))
-    return Streams(idx.reshape(N, -1, C), off.size, passes, T, "", (Gi, nsets, passes, off.size))
+    return Streams(idx.reshape(N, -1, C), off.size, passes, T, "", (Gi, nsets, passes, off.size), 1)
 
 
 def round_robin(work, tiles: int) -> float:
