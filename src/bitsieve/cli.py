@@ -125,14 +125,34 @@ def profile(
 from . import cli_methods, cli_accel, cli_study, cli_train  # noqa: E402,F401
 
 
+def one_line(msg: str) -> str:
+    """Control characters (a newline in a file name) escaped, so an error is always exactly one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(msg))
+
+
+def _error(msg: str) -> int:
+    print(f"bitsieve: error: {one_line(msg)}", file=sys.stderr)
+    return 2
+
+
+def _quiet_stdout() -> None:
+    """After stdout failed (a full device, a closed pipe) send the rest to /dev/null, so the interpreter's
+    final flush does not print a second error."""
+    try:
+        sys.stdout = open(os.devnull, "w")
+    except OSError:
+        pass
+
+
 def main(argv=None) -> int:
-    """Entry point: run the app and turn user errors and bad options into one line and exit code 2."""
+    """Entry point: run the app and turn user errors and bad options into one line and exit code 2,
+    Ctrl-C into exit code 130."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
-        typer.main.get_command(app).main(args=argv, prog_name="bitsieve", standalone_mode=False)
+        rv = typer.main.get_command(app).main(args=argv, prog_name="bitsieve", standalone_mode=False)
+        sys.stdout.flush()  # a write error on stdout (e.g. /dev/full) shows up here, not after we returned 0
     except UserError as e:
-        print(f"bitsieve: error: {e}", file=sys.stderr)
-        return 2
+        return _error(str(e))
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:
@@ -142,11 +162,22 @@ def main(argv=None) -> int:
         if type(e).__name__ == "NoArgsIsHelpError":  # typer has already printed the help
             return 0
         msg = e.format_message() if hasattr(e, "format_message") else str(e)
-        print(f"bitsieve: error: {' '.join(msg.split())}", file=sys.stderr)
-        return 2
+        return _error(" ".join(msg.split()))
     except KeyboardInterrupt:
         print("bitsieve: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        _quiet_stdout()
         return 0
-    return 0
+    except RecursionError:
+        return _error("input nested too deeply to read")
+    except MemoryError:
+        return _error("out of memory")
+    except OSError as e:  # the environment, not bitsieve: a full disk, stdout on /dev/full, a read-only folder
+        _quiet_stdout()
+        where = f" {e.filename}" if e.filename else " output"
+        return _error(f"cannot write{where}: {e.strerror or e}")
+    if rv == 130:  # typer turns Ctrl-C inside a command into a return value of 130
+        print("bitsieve: interrupted", file=sys.stderr)
+        return 130
+    return rv if isinstance(rv, int) else 0

@@ -97,8 +97,10 @@ def prune(
 
     from . import methods as methods_mod
     from . import model as model_mod
-    from .io import check_writable, write_atomic
+    from .io import check_outputs, write_atomic
 
+    if activations < 0:
+        raise UserError(f"--activations must be >= 0, got {activations}")
     steps = _steps(method, fmt, group)
     if any(s.method.kind != "weights" for s in steps):
         raise UserError("bitlet changes the forward pass, not the weights: use it with `bitsieve eval`")
@@ -106,8 +108,7 @@ def prune(
     if outp.suffix.lower() != ".safetensors":
         raise UserError(f"-o must name a .safetensors file, got {output}")
     side = outp.with_suffix(".json")
-    check_writable(outp, force)
-    check_writable(side, force)
+    check_outputs([outp, side], force)
     need_acts = any(s.method.needs_activations(s.params) for s in steps)
     m = model_mod.load(model, activations=activations if need_acts else 0, allow_nonfinite=allow_nonfinite)
     layers = [layer for layer in m.layers if layer.kind != "other"]
@@ -165,6 +166,8 @@ def eval_cmd(
     """Accuracy of the original model and of each method variant on real data."""
     from .evaluate import evaluate, tidy_rows
 
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be >= 1, got {limit}")
     result = evaluate(model, method, task=task, data_dir=data_dir, limit=limit, overrides=_overrides(fmt, group))
     if json_out:
         print(json.dumps({**result, "rows": tidy_rows(result)}, default=str))

@@ -29,24 +29,29 @@ def sweep(
     """Run a design-space sweep; results go to OUT/results.sqlite (resumable) and OUT/results.csv."""
     from . import results
     from . import sweep as sweep_mod
-    from .io import write_atomic
-
     from .accel import parse_sets
+    from .io import check_writable, folder_lock, write_atomic
 
     sw = sweep_mod.parse(sweep_file, sets=parse_sets(sets))
     d = Path(outdir or f"{Path(sweep_file).stem}-results")
     if d.exists() and not d.is_dir():
         raise UserError(f"{d} exists and is not a folder")
-    if not d.parent.exists():
+    if not d.parent.is_dir():
         raise UserError(f"folder {d.parent} does not exist")
+    try:
+        d.mkdir(exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {d}: {e.strerror}") from None
+    check_writable(d / "results.csv", force=True)  # the CSV is the sweep's own, rewritten on every run
     if not json_out:
         out.print(f"[bold]{sw.name}[/]: {len(sw.models)} models x {len(sw.formats)} formats x {len(sw.groups)} groups"
                   f" = {len(sw.tasks)} tasks, each {len(sw.methods) + 1} method settings (original included) x "
                   f"{len(sw.accels)} accelerators -> {d}")
-    summary = sweep_mod.run(sw, d, backend=backend, workers=workers, address=address, force=force,
-                            console=None if json_out else out)
-    with results.Store(d) as st:
-        write_atomic(d / "results.csv", results.to_csv(st.rows()), force=True)
+    with folder_lock(d, "sweep"):
+        summary = sweep_mod.run(sw, d, backend=backend, workers=workers, address=address, force=force,
+                                console=None if json_out else out)
+        with results.Store(d) as st:
+            write_atomic(d / "results.csv", results.to_csv(st.rows()), force=True)
     summary["csv"] = str(d / "results.csv")
     if json_out:
         print(json.dumps(summary))
@@ -67,11 +72,9 @@ def report(
     """One self-contained HTML report (plots and sortable tables) from sweep or compare results."""
     from . import report as report_mod
     from . import results
-    from .io import check_writable, write_atomic
+    from .io import check_outputs, write_atomic
 
-    check_writable(output, force)
-    if csv_path:
-        check_writable(csv_path, force)
+    check_outputs([output, csv_path], force)
     rows = results.load(results_path)
     if not rows:
         raise UserError(f"{results_path} holds no result rows")

@@ -46,6 +46,30 @@ def _parse_set(items: list[str], cls) -> dict:
     return vals
 
 
+#: lower bounds of the training options the configs' own checks leave open (a NaN or negative epoch count would
+#: train on NaN losses); ``True`` marks a strict bound. Every float must also be finite.
+LOWER = {"tolerance": (0, False), "epochs": (0, True), "lr": (0, True), "batch": (1, False),
+         "act_samples": (1, False), "steps": (0, False), "count_every": (1, False), "threshold": (0, False),
+         "max_channel_frac": (0, False), "distill": (-1, False)}
+UPPER = {"threshold": 1, "max_channel_frac": 1}
+
+
+def _check_ranges(cfg) -> None:
+    """Refuse non-finite numbers and values outside LOWER/UPPER before any training starts."""
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        for x in v if isinstance(v, tuple) else (v,):
+            if isinstance(x, float) and not math.isfinite(x):
+                raise UserError(f"{f.name} must be a finite number, got {x}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        low, strict = LOWER.get(f.name, (None, False))
+        if low is not None and (v < low or (strict and v == low)):
+            raise UserError(f"{f.name} must be {'>' if strict else '>='} {low}, got {v}")
+        if f.name in UPPER and v > UPPER[f.name]:
+            raise UserError(f"{f.name} must be <= {UPPER[f.name]}, got {v}")
+
+
 def _num(x, fmt="{:.2f}"):
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
 
@@ -121,6 +145,7 @@ def train(
         cfg = cls(**given)
     except TypeError as e:
         raise UserError(str(e)) from None
+    _check_ranges(cfg)
     runner = bitpruner.run if method == "bitpruner" else scflp.run
     try:
         result = runner(model, cfg, out_dir=out_dir, resume=resume, force=force, progress=not json_out,

@@ -214,7 +214,7 @@ def load_model(spec: str) -> model_mod.Model:
             meta = json.loads(side.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise UserError(f"cannot read the sidecar {side}: {e}") from None
-        base = meta.get("model")
+        base = meta.get("model") if isinstance(meta, dict) else None
         if base in BUILTINS:
             m = model_mod.load(base)
             _load_weights(m, path)
@@ -235,6 +235,8 @@ def _load_weights(m: model_mod.Model, path: Path) -> None:
     state = m.module.state_dict()
     for key, value in tensors.items():
         if key in state and tuple(state[key].shape) == value.shape:
+            if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+                raise UserError(f"{path}: tensor {key!r} holds NaN or Inf values")
             with torch.no_grad():
                 state[key].copy_(torch.from_numpy(np.ascontiguousarray(value)))
         else:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import math
 import pickle
+import sys
 import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -72,6 +74,8 @@ def load(spec: str, *, activations: int = 0, allow_nonfinite: bool = False, incl
     keep the inputs of n samples. For built-ins, layer weights are views of the module's
     parameters (no second copy): editing them in place changes what the module computes.
     """
+    if activations < 0:
+        raise UserError(f"--activations must be >= 0, got {activations}")
     if spec in zoo.BUILTINS:
         model = _load_builtin(zoo.BUILTINS[spec], include_other)
     else:
@@ -185,18 +189,54 @@ def _check_finite(layer: Layer, allow: bool) -> None:
 def _load_file(path: Path, include_other: bool) -> list[Layer]:
     if path.is_dir():
         raise UserError(f"cannot read {path}: it is a directory, not a model file")
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise UserError(f"cannot read {path}: not a regular file")
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise UserError(f"unknown model file type '{path.suffix}' for {path} (expected one of {', '.join(SUFFIXES)})")
+    empty: list[str] = []
     if suffix == ".onnx":
-        layers = _onnx_layers(path)
+        layers = _onnx_layers(path, empty)
     else:
         tensors = _safetensors(path) if suffix == ".safetensors" else _torch_file(path)
-        layers = [_tensor_layer(key, t) for key, t in tensors if t.is_floating_point()]
+        layers = [_tensor_layer(key, t) for key, t in tensors if _keep_tensor(path, key, t, empty)]
     layers = [layer for layer in layers if include_other or layer.kind != "other"]
+    skipped = f"; {len(empty)} zero-size tensors skipped" if empty else ""
     if not layers:
-        raise UserError(f"no weight tensors in {path}" + ("" if include_other else " (no conv or linear weights)"))
+        raise UserError(f"no weight tensors in {path}" + ("" if include_other else " (no conv or linear weights)")
+                        + skipped)
+    if empty:
+        print(f"bitsieve: note: {_printable(path)}: skipped {len(empty)} zero-size tensors "
+              f"({_printable(', '.join(empty[:3]))}{', ...' if len(empty) > 3 else ''})", file=sys.stderr)
     return layers
+
+
+def _printable(text) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def _keep_tensor(path: Path, key: str, t: torch.Tensor, empty: list[str]) -> bool:
+    """Whether a file's tensor becomes a layer. Layouts and dtypes we cannot read as real numbers are refused
+    rather than dropped (the user would not see them missing); a view larger than its storage (stride 0) is
+    refused before anything is materialised; zero-size tensors are noted in ``empty`` and skipped."""
+    if t.layout != torch.strided:
+        raise UserError(f"cannot read {path}: tensor {key} is {str(t.layout).removeprefix('torch.')} "
+                        "(only dense tensors are supported)")
+    if t.is_meta:
+        raise UserError(f"cannot read {path}: tensor {key} is a meta tensor (it holds no data)")
+    if t.is_quantized or t.is_complex():
+        kind = "quantised" if t.is_quantized else "complex"
+        raise UserError(f"cannot read {path}: tensor {key} is {kind} ({str(t.dtype).removeprefix('torch.')}); "
+                        "give real float weights")
+    if not t.is_floating_point():
+        return False
+    if t.numel() == 0:
+        empty.append(key)
+        return False
+    if t.numel() * t.element_size() > t.untyped_storage().nbytes():
+        raise UserError(f"cannot read {path}: tensor {key} claims {t.numel():,} values but its storage holds "
+                        f"{t.untyped_storage().nbytes() // t.element_size():,} (a stride-0 or overlapping view)")
+    return True
 
 
 def _tensor_layer(key: str, tensor: torch.Tensor) -> Layer:
@@ -219,6 +259,7 @@ def _safetensors(path: Path):
 
 def _torch_file(path: Path) -> list[tuple[str, torch.Tensor]]:
     """Tensors of a state dict saved with torch.save, never running pickled code."""
+    _check_archive(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -236,6 +277,29 @@ def _torch_file(path: Path) -> list[tuple[str, torch.Tensor]]:
     return list(_flatten(obj, ""))
 
 
+def _check_archive(path: Path) -> None:
+    """Bound what torch.load may allocate by the file's own size: torch.save stores its zip entries
+    uncompressed, so entries that inflate past the file (a zip bomb, overlapping entries) are refused; the
+    legacy format declares storage sizes it is never checked against, so it is refused too."""
+    size = path.stat().st_size
+    if not zipfile.is_zipfile(path):
+        with path.open("rb") as f:
+            head = f.read(16)
+        if head[:1] == b"\x80":  # a bare pickle: torch's pre-1.6 format
+            raise UserError(f"cannot read {path}: PyTorch's legacy (pre-1.6) format is not supported; "
+                            "re-save it with torch.save")
+        return  # not a zip at all: torch.load reports the damage
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path}: corrupted PyTorch archive ({exc})") from exc
+    total = sum(i.file_size for i in infos)
+    if any(i.compress_type != zipfile.ZIP_STORED for i in infos) or total > size:
+        raise UserError(f"cannot read {path}: its entries inflate to {total:,} bytes from a {size:,}-byte file "
+                        "(torch.save never compresses: refusing a possible zip bomb)")
+
+
 def _flatten(obj: Mapping, prefix: str):
     """Tensors of a possibly nested state dict, with dotted names."""
     for key, value in obj.items():
@@ -245,7 +309,7 @@ def _flatten(obj: Mapping, prefix: str):
             yield from _flatten(value, f"{prefix}{key}.")
 
 
-def _onnx_layers(path: Path) -> list[Layer]:
+def _onnx_layers(path: Path, empty: list[str]) -> list[Layer]:
     """Initializers and Constant-node tensors; the consuming node decides the kind, and layers
     come out in the order the graph first uses them."""
     import onnx
@@ -268,6 +332,12 @@ def _onnx_layers(path: Path) -> list[Layer]:
     layers = []
     for name, tensor in tensors.items():
         if tensor.data_type not in floats:
+            continue
+        dims = list(tensor.dims)
+        if any(d < 0 for d in dims):  # numpy would read -1 as "the rest" and accept the tensor
+            raise UserError(f"cannot read {path}: tensor {name} has negative dimensions {dims}")
+        if math.prod(dims) == 0:
+            empty.append(name)
             continue
         try:
             weight = np.array(numpy_helper.to_array(tensor), dtype=np.float32)

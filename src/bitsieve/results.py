@@ -104,7 +104,7 @@ def from_json(text: str) -> list[dict]:
     data = json.loads(text)
     if isinstance(data, dict) and "rows" in data:
         data = data["rows"]
-    if not isinstance(data, list):
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise UserError("not a results JSON: expected a list of rows or {\"rows\": [...]}")
     return [normalize({**r, "value": math.nan if r.get("value") is None else r["value"]}) for r in data]
 
@@ -118,6 +118,8 @@ def load(path) -> list[dict]:
         return Store(p, create=False).rows()
     if not p.exists():
         raise UserError(f"{p} does not exist")
+    if not p.is_file():  # a FIFO would block
+        raise UserError(f"cannot read {p}: not a regular file")
     if p.suffix in (".sqlite", ".db", ".sqlite3"):
         return Store(p.parent, name=p.name, create=False).rows()
     try:
@@ -128,7 +130,7 @@ def load(path) -> list[dict]:
         if p.suffix == ".json" or text.lstrip().startswith(("[", "{")):
             return from_json(text)
         return from_csv(text)
-    except (json.JSONDecodeError, csv.Error) as e:
+    except (json.JSONDecodeError, csv.Error, RecursionError) as e:
         raise UserError(f"cannot parse {p}: {e}") from None
 
 
@@ -151,6 +153,10 @@ CREATE TABLE IF NOT EXISTS rows (
 """
 
 
+_COLUMNS = {"meta": {"key", "value"}, "tasks": {"key", "spec", "wall_s", "finished"},
+            "rows": {"task", "seq", *FIELDS}}
+
+
 class Store:
     """The result store of one sweep: ``DIR/results.sqlite``.
 
@@ -162,18 +168,41 @@ class Store:
         self.path = d / name
         if not create and not self.path.exists():
             raise UserError(f"{self.path} does not exist")
+        if self.path.exists() and not self.path.is_file():
+            raise UserError(f"{self.path} is not a regular file")
         if create:
             d.mkdir(parents=True, exist_ok=True)
+        fresh = not self.path.exists() or self.path.stat().st_size == 0
+        if fresh and not create:
+            raise UserError(f"{self.path} is empty: not a bitsieve result store")
         try:
-            self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
+            # a store only reported on is opened read-only: reading never changes the file (no WAL switch)
+            uri = self.path.resolve().as_uri() + ("" if create else "?mode=ro")
+            self.conn = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
+            if not fresh:
+                self._verify()  # before any write: a foreign or damaged file is left exactly as it was
             if create:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")
                 self.conn.executescript(_SCHEMA)
-            else:
-                self.conn.execute("SELECT 1 FROM rows LIMIT 1")
         except sqlite3.DatabaseError as e:
-            raise UserError(f"{self.path} is not a bitsieve result store: {e}") from None
+            raise UserError(f"{self.path} is damaged or not a bitsieve result store: {e}") from None
+        except BaseException:
+            if hasattr(self, "conn"):
+                self.conn.close()
+            raise
+
+    def _verify(self):
+        """SQLite's integrity check, then our three tables with their columns."""
+        bad = [r[0] for r in self.conn.execute("PRAGMA integrity_check")]
+        if bad != ["ok"]:
+            said = "; ".join(" ".join(b.split()) for b in bad[:3])
+            raise UserError(f"{self.path} is damaged (SQLite integrity check: {said}); remove it to start over")
+        for table, cols in _COLUMNS.items():
+            have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+            if not cols <= have:
+                raise UserError(f"{self.path} is not a bitsieve result store: table {table!r} "
+                                + ("is missing" if not have else f"lacks {', '.join(sorted(cols - have))}"))
 
     def close(self):
         self.conn.close()
@@ -222,9 +251,12 @@ class Store:
 
     def rows(self) -> list[dict]:
         """Every row, in (task key, sequence) order: the same order however the tasks were scheduled."""
-        cur = self.conn.execute(
-            'SELECT model, layer, method, accel, format, "group", metric, value FROM rows ORDER BY task, seq')
-        return [dict(zip(FIELDS, (*r[:7], math.nan if r[7] is None else r[7]))) for r in cur]
+        try:
+            cur = self.conn.execute(
+                'SELECT model, layer, method, accel, format, "group", metric, value FROM rows ORDER BY task, seq')
+            return [dict(zip(FIELDS, (*r[:7], math.nan if r[7] is None else r[7]))) for r in cur]
+        except sqlite3.DatabaseError as e:
+            raise UserError(f"{self.path} is damaged: {e}") from None
 
     def task_times(self) -> dict[str, float]:
         return {k: w for k, w in self.conn.execute("SELECT key, wall_s FROM tasks")}

@@ -127,6 +127,8 @@ class Accelerator:
         for k, v in cfg.items():
             if isinstance(v, int) and not isinstance(v, bool) and k in POSITIVE and v < 1:
                 raise UserError(f"{self.name}.{k} must be >= 1, got {v}")
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:  # counts, sizes, energies
+                raise UserError(f"{self.name}.{k} must be >= 0, got {v}")
 
     # ---- formats ------------------------------------------------------------------------------------------
     def check_format(self, fmt: formats.Format | str, cfg: dict) -> None:

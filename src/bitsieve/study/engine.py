@@ -115,6 +115,8 @@ def _ray(units, fn, workers, address) -> Iterator[Done]:
     started = False
     if not ray.is_initialized():
         env = {"env_vars": {"OMP_NUM_THREADS": "1"}}
+        if address:
+            _check_reachable(address)
         try:
             if address:
                 ray.init(address=address, runtime_env=env, log_to_driver=False, logging_level="ERROR")
@@ -137,6 +139,21 @@ def _ray(units, fn, workers, address) -> Iterator[Done]:
     finally:
         if started:
             ray.shutdown()
+
+
+def _check_reachable(address: str, timeout: float = 3.0) -> None:
+    """Fail within seconds on a HOST:PORT (or ray://HOST:PORT) nobody listens on: ray.init would retry for
+    minutes. Other forms ('auto', 'local') are Ray's to resolve."""
+    import socket
+
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise UserError(f"cannot reach Ray at {address}: {e.strerror or e}") from None
 
 
 def _ray_unit(fn, unit) -> Done:

@@ -203,6 +203,8 @@ def parse(path, text: str | None = None, sets: dict | None = None) -> Sweep:
     ({accel: {param: value}}, from ``--set``) configure every variant of those accelerators."""
     p = Path(path)
     if text is None:
+        if p.exists() and not p.is_file():  # a folder, or a FIFO that would block
+            raise UserError(f"sweep file {p} is not a regular file")
         try:
             text = p.read_text()
         except FileNotFoundError:
@@ -216,6 +218,8 @@ def parse(path, text: str | None = None, sets: dict | None = None) -> Sweep:
         m = re.search(r"line (\d+)", str(e))
         line = int(m.group(1)) if m else len(text.rstrip().splitlines()) if "end of document" in str(e) else None
         raise L.error(line, f"not valid TOML: {e}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise L.error(None, "not a sweep file: arrays or tables nested too deeply") from None
 
     for k in doc:
         if k not in TOP_KEYS:

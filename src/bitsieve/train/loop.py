@@ -290,9 +290,10 @@ class Checkpoints:
         if man.exists():
             try:
                 old = json.loads(man.read_text())
-            except (OSError, json.JSONDecodeError) as e:
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
                 raise UserError(f"{man} is unreadable: {e} (remove the folder or use --force)") from None
             if resume:
+                self._check_manifest(man, old)
                 if old.get("config") != self.config:
                     diff = sorted(k for k in set(old.get("config", {})) | set(self.config)
                                   if old.get("config", {}).get(k) != self.config.get(k))
@@ -310,6 +311,25 @@ class Checkpoints:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._write_manifest()
 
+    def _check_manifest(self, man: Path, old) -> None:
+        """A manifest to resume from: our two tables, and for each finished stage a checkpoint file that exists
+        directly in the run folder (a manifest must not lead the loader anywhere else)."""
+        def bad(why):
+            return UserError(f"{man} is not a bitsieve training manifest: {why} (use --force to start over)")
+
+        if not isinstance(old, dict) or not isinstance(old.get("config"), dict) \
+                or not isinstance(old.get("stages"), dict):
+            raise bad("it lacks the config and stages tables")
+        for name, info in old["stages"].items():
+            f = info.get("file") if isinstance(info, dict) else None
+            if not isinstance(f, str) or not f or Path(f).name != f or f in (".", ".."):
+                raise bad(f"stage {name!r} names no checkpoint file in the run folder")
+            if (self.dir / f).resolve().parent != self.dir.resolve():  # a symlink out of the folder
+                raise bad(f"the checkpoint {f} of stage {name!r} leads out of the run folder")
+            if not (self.dir / f).is_file():
+                raise UserError(f"{man}: the checkpoint {f} of stage {name!r} is missing "
+                                "(use --force to start over)")
+
     def _write_manifest(self):
         if self.dir is None:
             return
@@ -324,7 +344,15 @@ class Checkpoints:
     def tensors(self, name: str) -> dict:
         if self.dir is None:
             return self._mem[name]
-        return torch.load(self.dir / self.stages[name]["file"], map_location="cpu", weights_only=True)
+        path = self.dir / self.stages[name]["file"]
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises many types for a damaged file
+            obj = e
+        if not isinstance(obj, dict):
+            raise UserError(f"cannot read the checkpoint {path}: damaged or not a bitsieve checkpoint "
+                            "(use --force to start over)")
+        return obj
 
     def save(self, name: str, tensors: dict, info: dict):
         tensors = {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in tensors.items()}
