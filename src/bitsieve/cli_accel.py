@@ -90,7 +90,7 @@ def simulate(
         t = Table(title=f"{res['model']}: {res['format']}{', method ' + m if m else ''} (speed-up: over the "
                         "same array run dense, equal units)")
         cols = ["accel", "cycles", "speed-up"] + ([f"vs {baseline}"] if baseline else []) + [
-            "iso vs dense", "work bound", "energy pJ", "area mm2", "bottleneck (share)"]
+            "iso vs dense", "work bound", "energy pJ / inference", "area mm2", "bottleneck (share)"]
         for c in cols:
             t.add_column(c, justify="left" if c in ("accel", "bottleneck (share)") else "right")
         for s in summary:
