@@ -282,18 +282,16 @@ def _check_archive(path: Path) -> None:
     uncompressed, so entries that inflate past the file (a zip bomb, overlapping entries) are refused; the
     legacy format declares storage sizes it is never checked against, so it is refused too."""
     size = path.stat().st_size
-    if not zipfile.is_zipfile(path):
-        with path.open("rb") as f:
-            head = f.read(16)
-        if head[:1] == b"\x80":  # a bare pickle: torch's pre-1.6 format
-            raise UserError(f"cannot read {path}: PyTorch's legacy (pre-1.6) format is not supported; "
-                            "re-save it with torch.save")
-        return  # not a zip at all: torch.load reports the damage
     try:
         with zipfile.ZipFile(path) as z:
             infos = z.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise UserError(f"cannot read {path}: corrupted PyTorch archive ({exc})") from exc
+    except Exception as exc:  # zipfile raises BadZipFile, NotImplementedError, ValueError... on damage
+        with path.open("rb") as f:
+            head = f.read(1)
+        if head == b"\x80":  # a bare pickle: torch's pre-1.6 format
+            raise UserError(f"cannot read {path}: PyTorch's legacy (pre-1.6) format is not supported; "
+                            "re-save it with torch.save") from None
+        raise UserError(f"cannot read {path}: corrupted or not a PyTorch file ({type(exc).__name__})") from None
     total = sum(i.file_size for i in infos)
     if any(i.compress_type != zipfile.ZIP_STORED for i in infos) or total > size:
         raise UserError(f"cannot read {path}: its entries inflate to {total:,} bytes from a {size:,}-byte file "
