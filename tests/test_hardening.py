@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from bitsieve import cli, results
+from bitsieve.errors import one_line
 from bitsieve.io import folder_lock, write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -405,7 +406,7 @@ def test_damaged_model_files_fail_in_one_line(suffix, data, tmp_path_factory):
     try:
         model_mod.load(str(p))
     except UserError as e:
-        assert "\n" not in cli.one_line(str(e))
+        assert "\n" not in one_line(str(e))
 
 
 @FUZZ
@@ -418,3 +419,45 @@ def test_malformed_sweep_files_fail_in_one_line(text):
         parse("fuzz.toml", text=text)
     except UserError:
         pass
+
+
+def test_a_sweep_removes_a_killed_runs_temporary_csv(sweep_file, tmp_path, capsys):
+    d = tmp_path / "out"
+    d.mkdir()
+    (d / ".results.csv.x1y2z3.tmp").write_text("half a csv")  # the name an older bitsieve used
+    rc, _, err = run(capsys, "sweep", sweep_file, "-o", d, "--workers", "1", "--json")
+    assert rc == 0, err
+    assert sorted(p.name for p in d.iterdir()) == [".lock", "results.csv", "results.sqlite"]
+
+
+def test_a_full_disk_under_the_store_is_one_line(tmp_path, monkeypatch):
+    from bitsieve.errors import UserError
+
+    with results.Store(tmp_path) as st:
+        monkeypatch.setattr(st, "conn", _Failing(st.conn))
+        with pytest.raises(UserError, match="database or disk is full"):
+            st.commit_task("t", [results.row("m", "*", "values", 1.0)])
+
+
+class _Failing:
+    """A connection whose inserts fail the way SQLite does on a full disk."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+    def executemany(self, *a):
+        raise sqlite3.OperationalError("database or disk is full")
+
+
+def test_an_interrupted_sweep_says_what_it_kept(sweep_file, tmp_path, capsys, monkeypatch):
+    import bitsieve.sweep as sweep_mod
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep_mod, "run", interrupted)
+    line = fails(capsys, "sweep", sweep_file, "-o", tmp_path / "out", code=130)
+    assert "interrupted: finished tasks are stored in" in line and "again to resume" in line

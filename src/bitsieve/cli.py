@@ -6,6 +6,7 @@ import io
 import json
 import os
 import sys
+from contextlib import contextmanager
 from typing import Optional
 
 import typer
@@ -13,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import formats
-from .errors import UserError
+from .errors import UserError, one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Bit-level sparsity of DNNs: profile, prune, evaluate and simulate bit-serial accelerators.")
@@ -28,6 +29,24 @@ def _spark(fracs) -> str:
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
+
+
+_interrupted: list[str] = []  # what an interrupted command left behind, for the Ctrl-C line
+
+
+@contextmanager
+def interrupt_note(text: str):
+    """On Ctrl-C inside the block, the exit line says ``text`` (what was kept and how to go on)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        _interrupted.append(text)
+        raise
+
+
+def _interrupt() -> int:
+    print(f"bitsieve: interrupted{': ' + one_line(_interrupted[-1]) if _interrupted else ''}", file=sys.stderr)
+    return 130
 
 
 @app.command()
@@ -125,11 +144,6 @@ def profile(
 from . import cli_methods, cli_accel, cli_study, cli_train  # noqa: E402,F401
 
 
-def one_line(msg: str) -> str:
-    """Control characters (a newline in a file name) escaped, so an error is always exactly one line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(msg))
-
-
 def _error(msg: str) -> int:
     print(f"bitsieve: error: {one_line(msg)}", file=sys.stderr)
     return 2
@@ -148,6 +162,7 @@ def main(argv=None) -> int:
     """Entry point: run the app and turn user errors and bad options into one line and exit code 2,
     Ctrl-C into exit code 130."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _interrupted.clear()
     try:
         rv = typer.main.get_command(app).main(args=argv, prog_name="bitsieve", standalone_mode=False)
         sys.stdout.flush()  # a write error on stdout (e.g. /dev/full) shows up here, not after we returned 0
@@ -164,8 +179,7 @@ def main(argv=None) -> int:
         msg = e.format_message() if hasattr(e, "format_message") else str(e)
         return _error(" ".join(msg.split()))
     except KeyboardInterrupt:
-        print("bitsieve: interrupted", file=sys.stderr)
-        return 130
+        return _interrupt()
     except BrokenPipeError:
         _quiet_stdout()
         return 0
@@ -175,9 +189,7 @@ def main(argv=None) -> int:
         return _error("out of memory")
     except OSError as e:  # the environment, not bitsieve: a full disk, stdout on /dev/full, a read-only folder
         _quiet_stdout()
-        where = f" {e.filename}" if e.filename else " output"
-        return _error(f"cannot write{where}: {e.strerror or e}")
+        return _error(f"{e.filename}: {e.strerror or e}" if e.filename else f"cannot write output: {e.strerror or e}")
     if rv == 130:  # typer turns Ctrl-C inside a command into a return value of 130
-        print("bitsieve: interrupted", file=sys.stderr)
-        return 130
+        return _interrupt()
     return rv if isinstance(rv, int) else 0

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .cli import app, out
+from .cli import app, interrupt_note, out
 from .errors import UserError
 
 
@@ -37,7 +37,7 @@ def sweep(
     if d.exists() and not d.is_dir():
         raise UserError(f"{d} exists and is not a folder")
     if not d.parent.is_dir():
-        raise UserError(f"folder {d.parent} does not exist")
+        raise UserError(f"{d.parent} is not a folder" if d.parent.exists() else f"folder {d.parent} does not exist")
     try:
         d.mkdir(exist_ok=True)
     except OSError as e:
@@ -47,7 +47,10 @@ def sweep(
         out.print(f"[bold]{sw.name}[/]: {len(sw.models)} models x {len(sw.formats)} formats x {len(sw.groups)} groups"
                   f" = {len(sw.tasks)} tasks, each {len(sw.methods) + 1} method settings (original included) x "
                   f"{len(sw.accels)} accelerators -> {d}")
-    with folder_lock(d, "sweep"):
+    with folder_lock(d, "sweep"), interrupt_note(f"finished tasks are stored in {d}; run the same command "
+                                                 "again to resume (results.csv is not updated)"):
+        for tmp in d.glob(".results.csv.*.tmp"):  # under the lock no other run writes here: a killed run's
+            tmp.unlink(missing_ok=True)
         summary = sweep_mod.run(sw, d, backend=backend, workers=workers, address=address, force=force,
                                 console=None if json_out else out)
         with results.Store(d) as st:

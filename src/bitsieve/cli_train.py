@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from .cli import app, out
+from .cli import app, interrupt_note, out
 from .errors import UserError
 
 METHODS = ("bitpruner", "scflp")
@@ -147,14 +147,11 @@ def train(
         raise UserError(str(e)) from None
     _check_ranges(cfg)
     runner = bitpruner.run if method == "bitpruner" else scflp.run
-    try:
+    note = (f"finished stages are saved in {out_dir}; run again with --resume to continue" if out_dir
+            else "nothing was saved (no --out folder)")
+    with interrupt_note(note):
         result = runner(model, cfg, out_dir=out_dir, resume=resume, force=force, progress=not json_out,
                         train_limit=train_limit, test_limit=test_limit)
-    except KeyboardInterrupt:
-        if out_dir:
-            out.print(f"[yellow]interrupted: finished rounds are saved in {out_dir}; "
-                      f"run again with --resume to continue[/]")
-        raise
     if json_out:
         print(json.dumps(result, default=float))
         return

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from bitsieve import zoo
-from bitsieve.errors import UserError
+from bitsieve.errors import UserError, one_line
 from bitsieve.zoo import Builtin
 
 SUFFIXES = (".safetensors", ".pt", ".pth", ".onnx")
@@ -206,13 +206,9 @@ def _load_file(path: Path, include_other: bool) -> list[Layer]:
         raise UserError(f"no weight tensors in {path}" + ("" if include_other else " (no conv or linear weights)")
                         + skipped)
     if empty:
-        print(f"bitsieve: note: {_printable(path)}: skipped {len(empty)} zero-size tensors "
-              f"({_printable(', '.join(empty[:3]))}{', ...' if len(empty) > 3 else ''})", file=sys.stderr)
+        print(f"bitsieve: note: {one_line(path)}: skipped {len(empty)} zero-size tensors "
+              f"({one_line(', '.join(empty[:3]))}{', ...' if len(empty) > 3 else ''})", file=sys.stderr)
     return layers
-
-
-def _printable(text) -> str:
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def _keep_tensor(path: Path, key: str, t: torch.Tensor, empty: list[str]) -> bool:

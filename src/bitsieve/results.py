@@ -244,9 +244,11 @@ class Store:
                       (task_key, spec, wall_s, time.time()))
             c.execute("COMMIT")
             return True
-        except BaseException:
+        except BaseException as e:
             if c.in_transaction:
                 c.execute("ROLLBACK")
+            if isinstance(e, sqlite3.DatabaseError):  # a full disk, a damaged page: the task stays undone
+                raise UserError(f"cannot write {self.path}: {e}") from None
             raise
 
     def rows(self) -> list[dict]:
