@@ -461,3 +461,9 @@ def test_an_interrupted_sweep_says_what_it_kept(sweep_file, tmp_path, capsys, mo
     monkeypatch.setattr(sweep_mod, "run", interrupted)
     line = fails(capsys, "sweep", sweep_file, "-o", tmp_path / "out", code=130)
     assert "interrupted: finished tasks are stored in" in line and "again to resume" in line
+
+
+def test_bad_sweep_options_are_refused_before_the_folder_is_made(sweep_file, tmp_path, capsys):
+    assert "--workers" in fails(capsys, "sweep", sweep_file, "-o", tmp_path / "out", "--workers", "-1")
+    assert "backend" in fails(capsys, "sweep", sweep_file, "-o", tmp_path / "out", "--backend", "mpi")
+    assert not (tmp_path / "out").exists()
