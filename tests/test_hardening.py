@@ -184,10 +184,12 @@ def test_stale_temporary_files_of_dead_writers_are_removed(tmp_path):
                           text=True).stdout.strip()
     stale = tmp_path / f".r.csv.{dead}.abc123.tmp"
     live = tmp_path / f".r.csv.{os.getpid()}.def456.tmp"
-    stale.write_text("half")
-    live.write_text("being written")
+    other = tmp_path / f".r.csv.{dead}.{os.getpid()}.ghi789.tmp"  # a live writer of r.csv.<dead>
+    for f in (stale, live, other):
+        f.write_text("being written")
     write_atomic(tmp_path / "r.csv", "a,b\n")
-    assert not stale.exists() and live.exists() and (tmp_path / "r.csv").read_text() == "a,b\n"
+    assert not stale.exists() and live.exists() and other.exists()
+    assert (tmp_path / "r.csv").read_text() == "a,b\n"
 
 
 def test_ctrl_c_exits_130(model_pt, capsys, monkeypatch):

@@ -5,6 +5,7 @@ import errno
 import fcntl
 import glob
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,16 +59,17 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # someone else's process
+        pass
     return True
 
 
 def remove_stale_temps(p: Path) -> None:
     """Delete the temporary files a killed writer of ``p`` left behind (its pid no longer runs)."""
+    tail = re.compile(r"(\d+)\.[a-z0-9_]+" + re.escape(TMP_SUFFIX))  # pid, then mkstemp's random part
     for tmp in p.parent.glob(f".{glob.escape(p.name[:100])}.*{TMP_SUFFIX}"):
-        parts = tmp.name[len(p.name[:100]) + 2:].split(".")
-        if parts and parts[0].isdigit() and not _alive(int(parts[0])):
+        m = tail.fullmatch(tmp.name[len(p.name[:100]) + 2:])
+        if m and not _alive(int(m.group(1))):
             tmp.unlink(missing_ok=True)
 
 
