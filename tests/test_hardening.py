@@ -469,3 +469,29 @@ def test_bad_sweep_options_are_refused_before_the_folder_is_made(sweep_file, tmp
     assert "--workers" in fails(capsys, "sweep", sweep_file, "-o", tmp_path / "out", "--workers", "-1")
     assert "backend" in fails(capsys, "sweep", sweep_file, "-o", tmp_path / "out", "--backend", "mpi")
     assert not (tmp_path / "out").exists()
+
+
+BOUNDED = """
+import resource, sys
+from bitsieve import cli
+import torch
+vm = int(next(line for line in open("/proc/self/status") if line.startswith("VmSize")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), vm + (1 << 30)))  # 1 GiB more than the imports took
+print(*(cli.main(["profile", f]) for f in sys.argv[1:]))
+"""
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_hostile_files_load_under_a_memory_limit(tmp_path):
+    """The stride-0 view (37 GiB if materialised) and the zip bomb are refused inside 1 GiB of address space."""
+    files = []
+    for case in ("stride0", "zip_bomb"):
+        p = tmp_path / f"{case}.pt"
+        HOSTILE[case][0](p)
+        files.append(str(p))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", BOUNDED, *files], capture_output=True, text=True, env=env, cwd=ROOT,
+                       timeout=120)
+    assert r.stdout.split() == ["2", "2"], r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 2 and "stride-0" in lines[0] and "zip bomb" in lines[1]  # refused, not out of memory
