@@ -155,7 +155,7 @@ def plan(model: str = DEFAULT_MODEL, *, methods: list[str] | None = None, accels
         # the emulated forward passes are slow: their own units; the rest shared out over the workers
         for x in fwd:
             p.units.append(Unit("accuracy", model, numerics=(x,), limit=limit, seed=seed))
-        n = max(1, min(workers, len(rest)))
+        n = max(1, min(workers + 1, len(rest)))  # one chunk more than workers: the longest-first order balances
         for i in range(n):
             chunk = tuple(rest[i::n])
             if chunk:

@@ -42,7 +42,7 @@ from pathlib import Path
 from ..errors import UserError
 
 #: the quick evaluation subset of each task (samples): compare's default and a sweep's without eval_limit
-QUICK_LIMIT = {"imagenet": 256, "mnist": 10000, "faces": 200, "stsb": 1379}
+QUICK_LIMIT = {"imagenet": 200, "mnist": 10000, "faces": 200, "stsb": 1379}
 TOP_KEYS = ("name", "models", "formats", "groups", "align", "accelerators", "accels", "methods", "designs",
             "eval_limit", "activations", "seed")
 DEFAULT_ACTIVATIONS = 2
