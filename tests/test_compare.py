@@ -119,3 +119,21 @@ def test_compare_user_errors(tmp_path, capsys):
     assert "stripes does not apply to fp32" in capsys.readouterr().err
     assert not (tmp_path / "x.html").exists()
     assert designs.native_format("bitlet") == "fp32" and designs.native_format("bitvert") == "int8"
+
+
+def test_compare_on_a_weights_file(tmp_path, capsys):
+    """A weights file has no architecture to run: the weight-only designs are compared, the others are named as
+    left out, and nothing reads activations."""
+    w = tmp_path / "lenet.safetensors"
+    assert main(["prune", MODEL, "--method", "quantize", "-o", str(w)]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(w), "-o", str(tmp_path / "w.html"), "--workers", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"stripes", "pragmatic", "laconic", "tactical", "pnpu"} <= set(out["left_out"])
+    names = {r["design"] for r in out["designs"]}
+    assert {"bitx", "bitxpro", "bitwave", "bitvert", "dense@fp32"} <= names
+    assert all(r["accuracy"] is None and r["speedup"] > 0 for r in out["designs"])
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"garbage")
+    assert main(["compare", str(bad), "-o", str(tmp_path / "b.html")]) == 2
+    assert "bad.safetensors" in capsys.readouterr().err and not (tmp_path / "b.html").exists()

@@ -163,6 +163,9 @@ def compare(
     nw = workers or default_workers()
     p = cmp.plan(model, methods=method or None, accels=accels, fmt=fmt, limit=lim, accuracy=lim != 0,
                  sets=parse_sets(sets), curves=curves, workers=nw, sensitivity=sensitivity)
+    if p.skipped and not json_out:
+        out.print(f"[yellow]left out: {', '.join(p.skipped)} (their cycles read input activations, which a weights "
+                  "file cannot give; convs are costed at one output pixel, linear layers at one token)[/]")
     if not json_out:
         acc = ("no accuracy" if p.limit == 0 else "accuracy on the whole evaluation set" if p.limit is None
                else f"accuracy on {p.limit} samples")
@@ -184,6 +187,7 @@ def compare(
             return None if isinstance(x, float) and not math.isfinite(x) else x
 
         print(json.dumps(clean({"model": model, "report": path, "limit": p.limit, "original": orig,
+                                "left_out": p.skipped,
                                 "designs": data, "published": res["published"], "warnings": res["warnings"],
                                 "wall_s": res["wall_s"],
                                 "unit_seconds": res["seconds"], "rows": len(rows)})))

@@ -96,8 +96,9 @@ class Plan:
     entries: list[designs.Entry]
     methods: list[str]
     limit: int | None
-    activations: int = DEFAULT_ACTIVATIONS
+    activations: int = DEFAULT_ACTIVATIONS  # real inputs simulated per workload (the batch)
     group: int = 64
+    skipped: list[str] = field(default_factory=list)  # designs left out (they read activations a file lacks)
     units: list[Unit] = field(default_factory=list)
 
     @property
@@ -119,6 +120,18 @@ def plan(model: str = DEFAULT_MODEL, *, methods: list[str] | None = None, accels
     for s in specs:
         methods_mod.parse_specs(s.split("+"))  # unknown methods and bad parameters fail here
     base = designs.defaults(accels, fmt=fmt, sets=sets)
+    skipped: list[str] = []
+    if model not in BUILTINS:  # a weights file: no architecture to run, so no activations and no accuracy
+        from . import model as model_mod
+
+        model_mod.load(model)  # a bad file fails here, before any work
+        activations = 0
+        keep = [d for d in base if not d.reads_activations()]
+        skipped = [d.name for d in base if d not in keep]
+        if accels is not None and not [d for d in keep if d.accel != "dense"]:
+            raise UserError(f"{', '.join(skipped)} read the input activations, which a weights file cannot give "
+                            "(choose weight-only designs such as bitx, bitxpro, bitwave, bitvert)")
+        base = keep
     entries = [designs.Entry(d) for d in base]
     for spec in specs:
         shown = False
@@ -142,7 +155,7 @@ def plan(model: str = DEFAULT_MODEL, *, methods: list[str] | None = None, accels
         limit = quick_limit(builtin.task) if builtin else 0
     if builtin is None or not accuracy:
         limit = 0
-    p = Plan(model, entries, specs, limit, activations, group)
+    p = Plan(model, entries, specs, limit, activations, group, skipped=skipped)
     if limit != 0:
         seen: dict = {}
         for e in entries:

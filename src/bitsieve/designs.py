@@ -101,6 +101,12 @@ class Design:
 
         return get(self.accel).configure(self.overrides)
 
+    def reads_activations(self) -> bool:
+        """Whether the design's cycles depend on captured input activations."""
+        from .accel import get
+
+        return get(self.accel).reads_activations(self.config(), formats.get(self.fmt))
+
     @property
     def reads_weights(self) -> bool:
         return self.accel in READS_WEIGHTS

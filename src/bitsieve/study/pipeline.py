@@ -314,7 +314,7 @@ def simulate_design(model: str, layers, d, methods: tuple, activations: int, see
     from ..accel import tiling
 
     sim = sim_mod.Simulator(sim_mod.Run(accels=[d.accel], fmt=d.fmt, sets={d.accel: d.overrides} if d.sets else {},
-                                        seed=seed, inferences=activations))
+                                        seed=seed, inferences=max(activations, 1)))
     weights = {"": None}
     for spec in methods:
         weights[spec] = [r.weight for r in methods_mod.apply_model(layers, d.method_steps(spec))]
