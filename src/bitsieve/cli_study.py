@@ -123,8 +123,9 @@ def compare(
                                "over keep), all (also Bitlet over its prune mask: an emulated forward pass per "
                                "point) or none."),
     sensitivity: int = typer.Option(4, "--sensitivity", help="Per-layer sensitivity: accuracy change when only one "
-                                    "layer runs the first pruning design's numerics, for this many layers (most "
-                                    "MACs first), on at most 500 samples; 0 skips it."),
+                                    "layer runs the first pruning design's numerics, for this many layers (half "
+                                    "with the most MACs, half with the most weight bits removed), on at most 500 "
+                                    "samples; 0 skips it."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Parallel processes (default: one per core)."),
     backend: str = typer.Option("local", "--backend", help="local (a process pool) or ray (the sweep engine)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray)."),

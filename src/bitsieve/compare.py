@@ -38,7 +38,7 @@ CURVES = ("weights", "all", "none")  # knob curves of the designs whose numerics
 COST_HINT = {"tactical": 10.0, "bitlet": 5.0, "laconic": 2.0, "pnpu": 1.5, "pragmatic": 1.0}
 TASK_METRIC = {"imagenet": "ImageNet top-1 %", "mnist": "MNIST top-1 %", "faces": "LFW face / non-face accuracy %",
                "stsb": "STS-B Spearman x100"}
-SENSITIVITY_LAYERS = 4  # per-layer sensitivity: the layers with the most MACs
+SENSITIVITY_LAYERS = 4  # per-layer sensitivity: half most-MAC layers, half most-pruned
 SENSITIVITY_SAMPLES = 500  # ... on at most this many samples (a subset of the accuracy samples)
 CLOCK_GHZ = pipeline.CLOCK_GHZ
 
@@ -66,7 +66,7 @@ class Unit:
     limit: int | None = None
     activations: int = DEFAULT_ACTIVATIONS
     seed: int = 0
-    layers: int = 0  # sensitivity: how many layers (the most MACs first)
+    layers: int = 0  # sensitivity: how many layers (pipeline.sensitivity_records)
 
     @property
     def label(self) -> str:

@@ -366,8 +366,9 @@ def activation_profile_rows(model: str, layers) -> list[dict]:
 
 def sensitivity_records(model: str, d, layers: int, limit, say) -> dict:
     """Per-layer sensitivity of design ``d``'s runtime weight numerics: {layer name: Records} with only that
-    layer computed as the design does (the ``layers`` layers with the most MACs), and the original under
-    'original', on the same samples."""
+    layer computed as the design does, and the original under 'original', on the same samples. The layers: half
+    with the most MACs (where the cycles are), half with the largest share of their weight bits removed by the
+    design (where the damage is likely)."""
     from .. import evaluate, methods
     from .. import model as model_mod
     from ..accel import tiling
@@ -378,12 +379,15 @@ def sensitivity_records(model: str, d, layers: int, limit, say) -> dict:
     macs = {L.name: tiling.from_layer(L).macs for L in conv}
     for L in conv:
         L.activation = None
-    top = sorted(conv, key=lambda L: -macs[L.name])[:layers]
+    steps = methods.parse_specs(list(d.numerics().weights))
+    removed = {L.name: 1.0 - r.stats[0].bits_after / max(r.stats[0].bits_before, 1)
+               for L, r in zip(conv, methods.apply_model(conv, steps))}
+    top = sorted(conv, key=lambda L: -macs[L.name])[:(layers + 1) // 2]
+    top += [L for L in sorted(conv, key=lambda L: -removed[L.name]) if L not in top][:layers - len(top)]
     task = m.builtin.task
     batches = list(evaluate._batches(task, m.builtin, None, limit))
     if not batches:
         raise UserError(f"no {task} data to evaluate")
-    steps = methods.parse_specs(list(d.numerics().weights))
     out = {"original": evaluate._run(task, m, batches)}
     for i, L in enumerate(top):
         saved = L.weight.copy()
