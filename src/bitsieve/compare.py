@@ -142,7 +142,7 @@ def plan(model: str = DEFAULT_MODEL, *, methods: list[str] | None = None, accels
             if steps is not None:
                 entries.append(designs.Entry(d, spec, steps))
                 shown = True
-        if not shown:
+        if not shown and methods is not None:  # a default method with nothing to run on is simply not shown
             raise UserError(f"method {spec} runs on none of the designs compared (it needs a design that reads "
                             "weight bits in its format)")
     if curves not in CURVES:
