@@ -310,7 +310,7 @@ def assemble(p: Plan, out: dict) -> list[dict]:
     if base is not None:
         add_rows += [results.row(model, results.WHOLE, k, v, accel="original", format="fp32", group=0)
                      for k, v in pipeline.original_metrics(base).items()]
-    return rows + add_rows
+    return add_rows + rows  # design rows first: readers take the first design of an accelerator as its default
 
 
 # ---- presenting ------------------------------------------------------------------------------------------------
