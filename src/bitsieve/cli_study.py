@@ -193,11 +193,13 @@ def compare(
                                 "wall_s": res["wall_s"],
                                 "unit_seconds": res["seconds"], "rows": len(rows)})))
         return
-    main_rows = [r for r in data if "[" not in r["design"] or r["method"]]
+    main_rows = [r for r in data if not r["knob"]]
     out.print(cmp.rich_table(main_rows, p, cmp.metric_label(model), orig))
     notes = {r["design"]: r["note"] for r in main_rows if r["note"]}
+    from rich.markup import escape
+
     for name, note in notes.items():
-        out.print(f"[dim]{name}: {note}[/]")
+        out.print(f"[dim]{escape(name)}: {escape(note)}[/]")
     out.print("[dim]speed-up same array: over the dense reference of the same array and schedule; iso-area: "
               "latency (per-layer max of compute and DRAM) over the dense design in the same format scaled to "
               "equal area; energy per inference; TOPS/W at the design's energy, GOPS/mm2 at "
@@ -228,5 +230,5 @@ def provenance(model: str, p, res) -> dict:
             "versions": f"bitsieve {v('bitsieve')}, numpy {v('numpy')}, torch {v('torch')}, python {platform.python_version()}",
             "formats": "; ".join(f"{e.label}: {e.design.numerics().describe()}" +
                                  (f", method in {e.steps[0].params.get('format', e.design.fmt)}" if e.steps else "")
-                                 for e in p.entries if "[" not in e.design.name),
+                                 for e in p.entries if not e.knob),
             "wall seconds": round(res["wall_s"], 1)}

@@ -149,7 +149,7 @@ def plan(model: str = DEFAULT_MODEL, *, methods: list[str] | None = None, accels
         raise UserError(f"--curves must be one of {', '.join(CURVES)}, got {curves!r}")
     for d in base:  # an emulated forward pass (Bitlet) costs ~3x a weight rewrite: its curve only with 'all'
         if curves == "all" or (curves == "weights" and not d.numerics().forward):
-            entries += [designs.Entry(k) for k in designs.knob_designs(d)]
+            entries += [designs.Entry(k, knob=True) for k in designs.knob_designs(d)]
     builtin = BUILTINS.get(model)
     if limit == "quick":
         limit = quick_limit(builtin.task) if builtin else 0
@@ -324,6 +324,7 @@ def table_data(rows, p: Plan) -> list[dict]:
     for e in p.entries:
         m = idx.get((e.design.name, e.method), {})
         out.append({"design": e.design.name, "accel": e.design.accel, "format": e.design.fmt, "method": e.method,
+                    "knob": e.knob,
                     "numerics": e.design.numerics().describe(), "note": e.design.numerics().note,
                     **{k: m.get(k) for k in DESIGN_METRICS}})
     return out
@@ -340,6 +341,7 @@ def original_accuracy(rows) -> dict:
 
 
 def rich_table(data: list[dict], p: Plan, metric_name: str, original: dict):
+    from rich.markup import escape
     from rich.table import Table
 
     n = original.get("n_samples")
@@ -364,7 +366,7 @@ def rich_table(data: list[dict], p: Plan, metric_name: str, original: dict):
             d = r["accuracy_delta"]
             colour = "green" if r["accuracy_delta_ci_low"] >= 0 else "red" if r["accuracy_delta_ci_high"] < 0 else "yellow"
             ch = f"[{colour}]{d:+.2f}[/]\n[{r['accuracy_delta_ci_low']:+.1f}, {r['accuracy_delta_ci_high']:+.1f}]"
-        t.add_row(r["design"], r["method"].split(":")[0] if r["method"] else "", r["format"], acc, ch,
+        t.add_row(escape(r["design"]), escape(r["method"].split(":")[0]) if r["method"] else "", r["format"], acc, ch,
                   _f(r["agreement"], "{:.3f}"), _f(r["speedup"], "{:.2f}×"), _f(r["speedup_iso_area"], "{:.2f}×"),
                   _f(None if r["latency_cycles"] is None else r["latency_cycles"] / 1e6, "{:.3g}"),
                   _energy(r["energy_pj"]), _f(r["tops_per_w"], "{:.3g}"), _f(r["area_mm2"], "{:.3g}"))

@@ -243,6 +243,7 @@ class Entry:
     design: Design
     method: str = ""  # the method spec as the user gave it ('' = the design at its own numerics)
     steps: list = field(default_factory=list)
+    knob: bool = False  # a point of the design's knob curve, not a design the user asked for
 
     @property
     def label(self) -> str:
