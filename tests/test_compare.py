@@ -137,3 +137,10 @@ def test_compare_on_a_weights_file(tmp_path, capsys):
     bad.write_bytes(b"garbage")
     assert main(["compare", str(bad), "-o", str(tmp_path / "b.html")]) == 2
     assert "bad.safetensors" in capsys.readouterr().err and not (tmp_path / "b.html").exists()
+
+
+def test_terminal_table_names_the_configured_design(tmp_path, capsys):
+    assert main(["compare", MODEL, "--accel", "bitx", "--set", "bitx.keep=1", "--curves", "none", "--sensitivity", "0",
+                 "--limit", "200", "-o", str(tmp_path / "t.html"), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "bitx[keep=1]" in out and "24/1 = 24.00 by construction" in out.replace("\n", " ")
