@@ -119,3 +119,72 @@ def folder_lock(folder: Path, what: str = "run"):
         yield
     finally:
         os.close(fd)
+
+
+@contextmanager
+def atomic_file(path, force: bool = False):
+    """Yield a temporary path beside ``path`` for a writer that streams (a file too large to build in memory);
+    it replaces ``path`` only when the block ends without error, else it is removed."""
+    p = check_writable(path, force)
+    remove_stale_temps(p)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=_tmp_prefix(p), suffix=TMP_SUFFIX)
+        os.close(fd)
+    except OSError as e:
+        raise UserError(f"cannot write {p}: {e.strerror}") from None
+    try:
+        yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, p)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"cannot write {p}: {e.strerror or e}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_folder(path, force: bool) -> Path:
+    """Refuse an output folder that exists (without ``force``) or whose parent is missing."""
+    p = Path(path)
+    if (p.exists() or p.is_symlink()) and not force:
+        raise UserError(f"{p} exists (use --force to overwrite)")
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{p} is not a folder: refusing to replace it with one")
+    if not p.parent.is_dir():
+        raise UserError(f"folder {p.parent} does not exist")
+    return p
+
+
+@contextmanager
+def atomic_folder(path, force: bool = False):
+    """Yield a temporary folder beside ``path``; when the block succeeds it takes ``path``'s place (an old
+    folder there is removed only after the new one is in place), else it is removed. Readers never see a
+    half-written checkpoint."""
+    import shutil
+
+    p = check_folder(path, force)
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=p.parent, prefix=_tmp_prefix(p), suffix=TMP_SUFFIX))
+    except OSError as e:
+        raise UserError(f"cannot write {p}: {e.strerror}") from None
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        old = None
+        if p.exists():
+            old = p.with_name(f"{_tmp_prefix(p)}old{TMP_SUFFIX}")
+            os.replace(p, old)
+        os.replace(tmp, p)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"cannot write {p}: {e.strerror or e}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,6 +1,7 @@
-"""The import layer: any model (built-in name, .safetensors, .pt/.pth state dict, .onnx) becomes a
-list of Layers holding float32 weights in their original layout, plus, for built-ins, the layer
-shapes (and optionally activations) seen on a real input."""
+"""The import layer: any model (built-in name, live ``nn.Module``, safetensors checkpoint file or folder, .pt/.pth
+state dict, .onnx) becomes a list of Layers holding float32 weights in their original layout, plus, for models
+that can run, the layer shapes (and optionally activations) seen on a real input. Commands that can stream a
+large checkpoint (profile, prune) read it through ``bitsieve.checkpoint`` instead of materialising it here."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 import warnings
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -46,6 +47,8 @@ class Layer:
     out_shape: tuple | None = None
     activation: np.ndarray | None = None  # captured inputs, float32, [N, *in_shape]
     nonfinite: int = 0  # NaN/Inf weights zeroed (only with allow_nonfinite)
+    role: str = ""  # what the tensor does (bitsieve.checkpoint.role_of): attention, mlp, embedding, norm ...
+    dtype: str = "fp32"  # the format it was stored in (fp32, fp16, bf16): the default format to profile it in
 
     @property
     def macs(self) -> int | None:
@@ -59,32 +62,62 @@ class Layer:
 
 @dataclass
 class Model:
-    """Layers of one model; `module` and `builtin` are set for built-ins, which can run."""
+    """Layers of one model; `module` is set for models that can run (built-ins, live modules), `builtin` for
+    built-ins. `notes` say what was assumed (layer kinds from config.json, GEMM shapes of a weights file)."""
 
     name: str
     layers: list[Layer]
     module: nn.Module | None = None
     builtin: Builtin | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def dtype(self) -> str:
+        """The storage format of most matmul weight values: the honest default to profile them in."""
+        by: dict[str, int] = {}
+        for layer in self.layers:
+            if layer.kind != "other":
+                by[layer.dtype] = by.get(layer.dtype, 0) + layer.weight.size
+        return max(by, key=by.get) if by else "fp32"
 
 
-def load(spec: str, *, activations: int = 0, allow_nonfinite: bool = False, include_other: bool = False) -> Model:
-    """Load a built-in by name or a weights file by path.
+def load(spec, *, activations: int = 0, allow_nonfinite: bool = False, include_other: bool = False,
+         tokens: int | None = None, example_inputs=None) -> Model:
+    """Load a built-in by name, a weights file or checkpoint folder by path, or a live ``torch.nn.Module``.
 
     Built-ins always run once on a real sample to record layer shapes; with `activations=n` they
-    keep the inputs of n samples. For built-ins, layer weights are views of the module's
-    parameters (no second copy): editing them in place changes what the module computes.
+    keep the inputs of n samples. A live module runs on `example_inputs` (a tensor or a tuple of positional
+    arguments) when given, recording shapes and keeping those inputs as activations. Layer weights of
+    built-ins and modules are views of the parameters (no second copy): editing them in place changes what
+    the module computes. `tokens` gives a weights file's linear layers the GEMM shape [tokens, in] -> [tokens,
+    out] (a file has no input shapes; without it a simulator costs each linear layer as one token).
     """
     if activations < 0:
         raise UserError(f"--activations must be >= 0, got {activations}")
+    if tokens is not None and tokens < 1:
+        raise UserError(f"--tokens must be >= 1, got {tokens}")
+    if isinstance(spec, nn.Module):
+        model = _load_module(spec, include_other)
+        for layer in model.layers:
+            _check_finite(layer, allow_nonfinite)
+        if example_inputs is not None:
+            _run_module(model, example_inputs, keep=True)
+        return model
+    if example_inputs is not None:
+        raise UserError("example_inputs need a live torch.nn.Module to run")
+    spec = str(spec)
     if spec in zoo.BUILTINS:
         model = _load_builtin(zoo.BUILTINS[spec], include_other)
     else:
         path = Path(spec)
         if not path.exists():
-            if path.suffix.lower() in SUFFIXES or len(path.parts) > 1:
+            if path.suffix.lower() in SUFFIXES or path.name.endswith(".json") or len(path.parts) > 1:
                 raise UserError(f"cannot read {spec}: no such file")
             zoo.get(spec)  # raises the unknown-model error listing the built-ins
-        model = Model(path.stem, _load_file(path, include_other))
+        from .checkpoint import is_checkpoint
+
+        model = _load_checkpoint(path, include_other) if is_checkpoint(path) else \
+            Model(path.stem, _load_file(path, include_other))
+        _assume_shapes(model, tokens)
     for layer in model.layers:
         _check_finite(layer, allow_nonfinite)
     if model.module is not None:
@@ -92,6 +125,62 @@ def load(spec: str, *, activations: int = 0, allow_nonfinite: bool = False, incl
     elif activations > 0:
         raise UserError(f"cannot capture activations of {spec}: a weights file has no architecture to run")
     return model
+
+
+def _assume_shapes(model: Model, tokens: int | None) -> None:
+    """A weights file has no input shapes: give linear layers `tokens` tokens, and say what was assumed."""
+    if tokens is not None:
+        for layer in model.layers:
+            if layer.kind == "linear":
+                layer.in_shape, layer.out_shape = (tokens, layer.weight.shape[1]), (tokens, layer.weight.shape[0])
+        model.notes.append(f"linear layers are GEMMs of {tokens} tokens (--tokens); convs cost one output pixel "
+                           "(a weights file has no input sizes)")
+    else:
+        model.notes.append("a weights file has no input shapes: each linear layer is costed as one token and "
+                           "each conv as one output pixel (give --tokens N for GEMM shapes)")
+
+
+def _load_checkpoint(path: Path, include_other: bool) -> Model:
+    """A safetensors file, folder or index, every tensor widened to float32 (for models that fit in memory)."""
+    from .checkpoint import Checkpoint
+
+    ck = Checkpoint(path)
+    layers = []
+    for e in ck.layers(include_other):
+        t = ck.read(e)
+        layers.append(Layer(e.name, e.kind, t.to(torch.float32).numpy(), role=e.role,
+                            dtype=_FORMATS.get(t.dtype, "fp32")))
+    return Model(ck.name, layers, notes=[ck.describe()])
+
+
+def _load_module(module: nn.Module, include_other: bool) -> Model:
+    """A live module's conv/linear layers (weights are views of its parameters)."""
+    layers, shared = [], set()
+    for name, sub in module.named_modules():
+        if isinstance(sub, CAPTURED) and isinstance(getattr(sub, "weight", None), torch.Tensor):
+            w = sub.weight.detach()
+            dtype = _FORMATS.get(w.dtype, "fp32")
+            weight = w.numpy() if w.dtype == torch.float32 and w.device.type == "cpu" else w.float().cpu().numpy()
+            if isinstance(sub, nn.Linear):
+                layers.append(Layer(name, "linear", weight, role="linear", dtype=dtype))
+            else:
+                o, i, k = weight.shape[0], weight.shape[1], weight.shape[-1]
+                layers.append(Layer(name, "conv", weight.reshape(o, i, -1, k), role="conv", dtype=dtype,
+                                    **_conv_geometry(sub)))
+            shared.add(name)
+    if include_other:
+        for key, tensor in module.state_dict().items():
+            if tensor.is_floating_point() and _layer_name(key) not in shared:
+                layers.append(Layer(_layer_name(key), "other", tensor.detach().float().cpu().numpy()))
+    if not layers:
+        raise UserError(f"{type(module).__name__} has no Conv1d, Conv2d or Linear layers")
+    return Model(type(module).__name__, layers, module)
+
+
+def _run_module(model: Model, inputs, keep: bool) -> None:
+    """One forward pass of a live module on the user's inputs, recording shapes (and inputs if asked)."""
+    args = inputs if isinstance(inputs, tuple) else (inputs,)
+    _forward(model, lambda: model.module(*args), keep)
 
 
 def capture_activations(model: Model, n: int = 1) -> None:
@@ -153,8 +242,13 @@ def _hook(layer: Layer, seen: list[str], keep: bool, module: nn.Module, args: tu
 
 
 def _trace(model: Model, n: int, keep: bool) -> None:
-    """One forward pass with hooks; also puts the conv/linear layers in forward order."""
+    """One forward pass of a built-in on n real samples."""
     x = model.builtin.sample_input(n)
+    _forward(model, lambda: model.module(x), keep)
+
+
+def _forward(model: Model, call, keep: bool) -> None:
+    """`call()` with hooks on the conv/linear layers; also puts them in forward order."""
     by_name = {layer.name: layer for layer in model.layers if layer.kind != "other"}
     seen: list[str] = []
     hooks = [
@@ -164,7 +258,7 @@ def _trace(model: Model, n: int, keep: bool) -> None:
     ]
     try:
         with torch.no_grad():
-            model.module(x)
+            call()
     finally:
         for hook in hooks:
             hook.remove()
@@ -187,18 +281,18 @@ def _check_finite(layer: Layer, allow: bool) -> None:
 
 
 def _load_file(path: Path, include_other: bool) -> list[Layer]:
-    if path.is_dir():
-        raise UserError(f"cannot read {path}: it is a directory, not a model file")
+    """A .pt/.pth state dict or an .onnx file (safetensors go through bitsieve.checkpoint)."""
     if not path.is_file():  # a FIFO or a device would block or never end
         raise UserError(f"cannot read {path}: not a regular file")
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
-        raise UserError(f"unknown model file type '{path.suffix}' for {path} (expected one of {', '.join(SUFFIXES)})")
+        raise UserError(f"unknown model file type '{path.suffix}' for {path} (expected one of {', '.join(SUFFIXES)}, "
+                        "a checkpoint folder or its .safetensors.index.json)")
     empty: list[str] = []
     if suffix == ".onnx":
         layers = _onnx_layers(path, empty)
     else:
-        tensors = _safetensors(path) if suffix == ".safetensors" else _torch_file(path)
+        tensors = _torch_file(path)
         layers = [_tensor_layer(key, t) for key, t in tensors if _keep_tensor(path, key, t, empty)]
     layers = [layer for layer in layers if include_other or layer.kind != "other"]
     skipped = f"; {len(empty)} zero-size tensors skipped" if empty else ""
@@ -235,22 +329,19 @@ def _keep_tensor(path: Path, key: str, t: torch.Tensor, empty: list[str]) -> boo
     return True
 
 
+_FORMATS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
 def _tensor_layer(key: str, tensor: torch.Tensor) -> Layer:
-    """Kind from rank (4-D conv, 2-D linear); fp16/bf16 widen to float32 exactly (fp64 rounds)."""
+    """Kind and role from the name and rank (bitsieve.checkpoint.role_of: embeddings and norms are not matmuls,
+    3-D weights are Conv1d kernels read as convs of height 1); fp16/bf16 widen to float32 exactly (fp64 rounds)."""
+    from .checkpoint import role_of
+
     weight = tensor.detach().to(torch.float32).numpy()
-    kind = {4: "conv", 2: "linear"}.get(weight.ndim, "other")
-    return Layer(_layer_name(key), kind, weight)
-
-
-def _safetensors(path: Path):
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
-                yield key, f.get_tensor(key)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise UserError(f"cannot read {path}: corrupted or truncated safetensors file ({exc})") from exc
+    kind, role, transposed = role_of(key, tuple(weight.shape), {})
+    if kind == "conv" and weight.ndim == 3:
+        weight = weight[:, :, None, :]
+    return Layer(_layer_name(key), kind, weight, role=role, dtype=_FORMATS.get(tensor.dtype, "fp32"))
 
 
 def _torch_file(path: Path) -> list[tuple[str, torch.Tensor]]:
