@@ -1,3 +1,127 @@
-"""bitsieve: how many bits of a model matter, and how fast it would run on a bit-serial accelerator."""
+"""bitsieve: how many bits of a model matter, and how fast it would run on a bit-serial accelerator.
+
+The Python API, for a live ``torch.nn.Module`` in a notebook as much as for a checkpoint on disk::
+
+    import bitsieve
+    m = bitsieve.load(module, example_inputs=x)        # its conv/linear layers (+ the inputs they saw on x)
+    p = bitsieve.pack(weight, "bf16", group=64)         # one tensor's packed bit planes
+    t = bitsieve.profile(module_or_path)                # bit sparsity per layer; t.to_pandas(), t.to_json()
+    bitsieve.prune_(module, "bitx:keep=4")              # rewrite the module's weights in place
+    rows = bitsieve.simulate(module, accel=["bitx", "stripes"], example_inputs=x, format="int16")
+
+Nothing heavy is imported until a function is used: the ``bitsieve`` command imports this package, and
+``bitsieve models`` / ``--help`` must not load torch. ``bitsieve.profile`` and ``bitsieve.simulate`` are also
+the submodules of the same name (``from bitsieve.profile import counts`` keeps working): calling the module
+calls its API function.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
+__all__ = ["load", "pack", "profile", "prune_", "simulate", "__version__"]
+
+
+def pack(x, format: str = "fp32", group: int = 64, align: str = "none", axis: int | None = None):
+    """``bitsieve.planes.pack`` for NumPy arrays and torch tensors of any float dtype (bf16 has no NumPy type:
+    it is widened to float32, which holds it exactly)."""
+    from .planes import pack as pack_planes
+
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+        if str(x.dtype) in ("torch.bfloat16", "torch.float16"):
+            x = x.float()
+    return pack_planes(x, format, group, align, axis)
+
+
+def prune_(module, methods, format: str | None = None, group: int | None = None) -> list[dict]:
+    """Apply weight methods (``"bitx:keep=4"``, several as a list or joined with ``+``) to every Conv1d,
+    Conv2d and Linear weight of a live ``nn.Module``, in place, and return the per-layer counts. Without
+    ``format`` a method that reads a float format reads the module's own dtype (bf16 stays bf16)."""
+    import numpy as np
+    import torch
+
+    from . import formats
+    from . import methods as methods_mod
+    from . import model as model_mod
+
+    m = model_mod.load(module)
+    specs = [s.strip() for spec in ([methods] if isinstance(methods, str) else methods) for s in spec.split("+")]
+    steps = methods_mod.parse_specs(specs, {"format": format, "group": group})
+    if format is None:
+        steps = [methods_mod.parse_spec(spec, {"format": m.dtype(), "group": group})
+                 if "format=" not in spec and formats.get(step.params.get("format", "int8")).is_float else step
+                 for spec, step in zip(specs, steps)]
+    layers = [layer for layer in m.layers if layer.kind != "other"]
+    results = methods_mod.apply_model(layers, steps)
+    with torch.no_grad():
+        for layer, r in zip(layers, results):
+            param = module.get_submodule(layer.name).weight
+            param.copy_(torch.from_numpy(np.ascontiguousarray(r.weight)).reshape(param.shape).to(param.dtype))
+    return [r.as_dict() for r in results]
+
+
+def _simulate(model, accel, format: str = "int16", example_inputs=None, baseline: str | None = None) -> list[dict]:
+    """Cycles, speed-ups, energy and area of ``model`` (a module, path, built-in name or loaded Model) on the
+    accelerators ``accel``, per layer and for the whole model (layer ``*``), as tidy rows. With a live module
+    and ``example_inputs`` the activation-serial designs read the real inputs each layer saw."""
+    from . import model as model_mod
+    from .accel import tiling
+    from .simulate import Run, Simulator, layer_results, layer_rows, whole_rows
+
+    if isinstance(model, model_mod.Model):
+        m = model
+    elif isinstance(model, str) and example_inputs is None:
+        m = model_mod.load(model, activations=1 if model in _builtin_names() else 0)
+    else:
+        m = model_mod.load(model, example_inputs=example_inputs)
+    layers = [layer for layer in m.layers if layer.kind in ("conv", "linear")]
+    acts = [layer.activation for layer in layers if layer.activation is not None]
+    run = Run(accels=[accel] if isinstance(accel, str) else list(accel), fmt=format, baseline=baseline,
+              inferences=acts[0].shape[0] if acts else 1)
+    sim = Simulator(run)
+    rows = []
+    for layer in layers:
+        wl = tiling.from_layer(layer)
+        rows.extend(layer_rows(sim, m.name, "", wl, layer_results(sim, wl)))
+    return rows + whole_rows(sim, m.name, "", rows)
+
+
+def _builtin_names():
+    from .zoo import BUILTINS
+
+    return BUILTINS
+
+
+_CALLS = {"profile": lambda: importlib.import_module(__name__ + ".profile").profile, "simulate": lambda: _simulate}
+_LAZY = {"load": ("model", "load")}
+
+
+class _CallableModule(types.ModuleType):
+    """A submodule that is also the API function of its name: calling it calls that function."""
+
+    def __call__(self, *args, **kwargs):
+        return _CALLS[self.__name__.rpartition(".")[2]]()(*args, **kwargs)
+
+
+class _Package(types.ModuleType):
+    """The package: imports API functions on first use, and makes the ``profile``/``simulate`` submodules
+    callable whenever the import system attaches them (``import bitsieve.simulate`` anywhere)."""
+
+    def __setattr__(self, name, value):
+        if name in _CALLS and isinstance(value, types.ModuleType):
+            value.__class__ = _CallableModule
+        super().__setattr__(name, value)
+
+    def __getattr__(self, name):
+        if name in _CALLS:
+            return importlib.import_module(f"{__name__}.{name}")  # attached (and made callable) by the import
+        if name in _LAZY:
+            mod, attr = _LAZY[name]
+            return getattr(importlib.import_module(f"{__name__}.{mod}"), attr)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+sys.modules[__name__].__class__ = _Package
