@@ -115,8 +115,10 @@ def test_conv1d_and_transposed_gpt2_weights(tmp_path):
     w = torch.randn(16, 48)  # transformers Conv1D: [in, out]
     save_file({"h.0.attn.c_attn.weight": w, "wte.weight": torch.randn(20, 16)}, str(folder / "model.safetensors"))
     ck = checkpoint.Checkpoint(folder)
-    (e,) = [e for e in ck.entries if e.kind == "linear"]
+    e, tied = [e for e in ck.entries if e.kind == "linear"]
     assert e.transposed and e.weight_shape == (48, 16) and torch.equal(ck.read(e, 5, 9), w.t()[5:9])
+    assert tied.tied and tied.role == "lm_head" and "tied embeddings" in ck.describe()  # GPT-2 ties wte
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "tie_word_embeddings": False}))
     got = profile_mod.profile(folder)
     ref = profile_mod.profile(model_mod.Model("ref", [model_mod.Layer("x", "linear", w.t().numpy().copy())]))
     assert got["total"] == ref["total"]
@@ -164,22 +166,25 @@ def test_prune_folder_keeps_dtype_layout_index_and_config(llama, tmp_path, capsy
 
 
 @pytest.mark.parametrize("spec", ["bitx:keep=3", "bitxpro:keep=3", "truncate:keep=4", "quantize:bits=4",
-                                  "bitwave", "bbs:beta=0"])
-def test_pruning_row_chunks_equals_pruning_whole_tensors(llama, tmp_path, monkeypatch, spec):
-    from bitsieve.methods import parse_specs
+                                  "bitwave", "bbs", "truncate:keep=5+bbs:beta=0.3"])
+def test_streamed_pruning_equals_pruning_the_model_in_memory(llama, tmp_path, monkeypatch, spec):
+    """Row chunks of each tensor, one tensor at a time (BBS's beta ranking channels over the whole model in a
+    first pass) give exactly what bitsieve.methods.apply_model gives on the whole model."""
+    from bitsieve.methods import apply_model, parse_specs
 
     _, folder = llama
-    ck = checkpoint.Checkpoint(folder)
-    steps = parse_specs([spec], {"format": None, "group": None})
-    (tmp_path / "whole").mkdir()
-    whole = checkpoint.prune(ck, steps, tmp_path / "whole", single=False)
+    steps = parse_specs(spec.split("+"), {"format": None, "group": None})
+    layers = model_mod.load(str(folder)).layers
+    want = {f"{layer.name}.weight": torch.from_numpy(r.weight).to(torch.bfloat16)
+            for layer, r in zip(layers, apply_model(layers, steps))}
     monkeypatch.setattr(checkpoint, "CHUNK_VALUES", 100)
-    (tmp_path / "chunked").mkdir()
-    chunked = checkpoint.prune(ck, steps, tmp_path / "chunked", single=False)
-    assert chunked == whole
+    ck = checkpoint.Checkpoint(folder)
+    side = checkpoint.prune(ck, steps, tmp_path, single=False)
+    got = {}
     for shard in ck.files:
-        a, b = load_file(str(tmp_path / "whole" / shard.name)), load_file(str(tmp_path / "chunked" / shard.name))
-        assert all(torch.equal(a[k], b[k]) for k in a)
+        got.update(load_file(str(tmp_path / shard.name)))
+    assert all(torch.equal(got[k], v) for k, v in want.items())
+    assert len(side["layers"]) == len(want) and side["layers"][0]["steps"][-1]["method"] == steps[-1].name
 
 
 def test_prune_single_file_keeps_fp16(tmp_path, capsys):

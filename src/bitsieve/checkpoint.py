@@ -47,6 +47,7 @@ class Entry:
     kind: str  # 'conv' | 'linear' | 'other'
     role: str  # 'attention' | 'mlp' | 'lm_head' | 'linear' | 'conv' | 'embedding' | 'norm' | 'bias' | 'other'
     transposed: bool = False
+    tied: bool = False  # a token embedding that is also the LM head (tie_word_embeddings)
 
     @property
     def name(self) -> str:
@@ -180,10 +181,25 @@ class Checkpoint:
                     continue  # the index decides which shard holds a tensor
                 kind, role, transposed = role_of(key, tuple(v["shape"]), self.config)
                 self.entries.append(Entry(key, f, v["dtype"], tuple(v["shape"]), kind, role, transposed))
+        self._tie_embedding()
         if self.index is not None:
             absent = set(self.index["weight_map"]) - {e.key for e in self.entries}
             if absent:
                 raise UserError(f"cannot read {self.root}: tensor {sorted(absent)[0]} of the index is not in its shard")
+
+    def _tie_embedding(self) -> None:
+        """With tied word embeddings (transformers' default) and no LM head tensor, the token embedding is also
+        the LM head's matmul: it becomes a linear layer so the largest GEMM of a decoder is not left out."""
+        if not self.config or not self.config.get("tie_word_embeddings", True):
+            return
+        if any(e.role == "lm_head" for e in self.entries):
+            return
+        vocab = self.config.get("vocab_size")
+        for i, e in enumerate(self.entries):
+            if e.role == "embedding" and len(e.shape) == 2 and (vocab is None or e.shape[0] == vocab) \
+                    and re.search(r"(embed_tokens|wte|word_embeddings|embed_in|tok_embeddings)", e.key):
+                self.entries[i] = Entry(e.key, e.file, e.dtype, e.shape, "linear", "lm_head", False, tied=True)
+                return
 
     def layers(self, include_other: bool = False) -> list[Entry]:
         """The float tensors to work on (conv/linear ones unless ``include_other``); zero-size ones are skipped
@@ -242,6 +258,9 @@ class Checkpoint:
             count[e.role] = count.get(e.role, 0) + 1
         roles = ", ".join(f"{n} {r}" for r, n in count.items())
         cfg = f"config.json model_type {self.model_type}" if self.config_path else "no config.json: kinds from names"
+        tied = [e.name for e in self.entries if e.tied]
+        if tied:
+            cfg += f"; {tied[0]} is also the LM head (tied embeddings): profiled as a linear layer"
         return f"{len(self.files)} shard(s), {len(self.entries)} tensors ({roles}); {cfg}"
 
 
@@ -270,6 +289,28 @@ def write_shard(dest: Path, entries: list[Entry], tensor_of, metadata: dict) -> 
             f.write(memoryview(data))
         f.flush()
         os.fsync(f.fileno())
+
+
+def _global_channels(steps, todo: dict, chunks) -> dict:
+    """BBS's ``beta`` keeps the output channels with the largest scales over the whole model at full precision:
+    {step index: {tensor key: bool per output channel}}, from a first pass over the checkpoint that applies
+    the steps before it (as ``bitsieve.methods.apply_model`` does with the whole model in memory)."""
+    import numpy as np
+
+    from . import formats
+    from .methods import _channel_scales, bbs
+
+    sens: dict = {}
+    for k, step in enumerate(steps):
+        if step.name != "bbs" or step.params["beta"] <= 0:
+            continue
+        width = formats.get(step.params["format"]).width
+        scales = [np.concatenate([_channel_scales(w, width) for _, _, w, _, _ in chunks(e, k, sens)])
+                  for e in todo.values()]
+        thr = bbs.global_threshold(scales, step.params["beta"])
+        sens[k] = {key: bbs.sensitive_channels(s, step.params["beta"], thr, step.params["channels"])
+                   for key, s in zip(todo, scales)}
+    return sens
 
 
 def _add(a, b):
@@ -306,7 +347,7 @@ def prune(ck: Checkpoint, steps, dest: Path, single: bool, allow_nonfinite: bool
     import numpy as np
     import torch
 
-    from . import methods as methods_mod
+    from .methods import apply_tensor
     from .model import Layer, _check_finite
 
     spec = " then ".join(s.spec() for s in steps)
@@ -315,25 +356,34 @@ def prune(ck: Checkpoint, steps, dest: Path, single: bool, allow_nonfinite: bool
     todo = {e.key: e for e in ck.layers()}
     total, done, results = sum(e.size for e in todo.values()), 0, []
 
+    def chunks(e: Entry, upto: int, sens: dict):
+        """(rows, stored chunk, float32 weights after steps[:upto], their step counts, non-finite count)."""
+        for start, stop in e.row_chunks():
+            t = ck.read(e, start, stop)
+            layer = Layer(e.name, e.kind, t.to(torch.float32).numpy(), role=e.role)
+            _check_finite(layer, allow_nonfinite)
+            w, st = layer.weight, []
+            for k, step in enumerate(steps[:upto]):
+                w, more = apply_tensor(w, [step], sensitive=sens[k][e.key][start:stop] if k in sens else None)
+                st += more
+            yield (start, stop), t, np.ascontiguousarray(w.reshape(layer.weight.shape)), st, layer.nonfinite
+
+    sens = _global_channels(steps, todo, chunks)
+
     def tensor_of(e: Entry):
         """The tensor to write: pruned a chunk of rows at a time (methods are row-local), in its dtype."""
         nonlocal done
         if e.key not in todo:
             return ck.read(e)
         new, steps_stats, rounded, bad = None, None, 0, 0
-        for start, stop in e.row_chunks():
-            t = ck.read(e, start, stop)
-            layer = Layer(e.name, e.kind, t.to(torch.float32).numpy(), role=e.role)
-            _check_finite(layer, allow_nonfinite)
-            r = methods_mod.apply_model([layer], steps)[0]
-            w = np.ascontiguousarray(r.weight.reshape(layer.weight.shape))
+        for (start, stop), t, w, st, nonfinite in chunks(e, len(steps), sens):
             chunk = torch.from_numpy(w).to(t.dtype)
             if new is None:
                 new = torch.empty(e.weight_shape, dtype=t.dtype)
             new[start:stop] = chunk
             rounded += int((chunk.to(torch.float32).numpy() != w).sum())
-            bad += layer.nonfinite
-            steps_stats = r.stats if steps_stats is None else [_add(a, b) for a, b in zip(steps_stats, r.stats)]
+            bad += nonfinite
+            steps_stats = st if steps_stats is None else [_add(a, b) for a, b in zip(steps_stats, st)]
             done += t.numel()
             if progress:
                 progress(done, total, e.name)

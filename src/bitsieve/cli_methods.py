@@ -215,9 +215,6 @@ def _prune_checkpoint(model: str, method, fmt, group, output, force, json_out, a
     _check_weight_steps(steps)
     if any(s.method.needs_activations(s.params) for s in steps):
         raise UserError(f"cannot capture activations of {model}: a weights file has no architecture to run")
-    if any(s.name == "bbs" and s.params.get("beta", 0) > 0 for s in steps):
-        raise UserError("bbs with beta > 0 ranks output channels over the whole model, which a streamed "
-                        "checkpoint never holds at once: give bbs:beta=0")
     outp = Path(output)
     single = len(ck.files) == 1 and ck.index is None and not Path(model).is_dir()
     if single:
