@@ -208,22 +208,9 @@ def _conv_geometry(module: nn.Module) -> dict:
 
 
 def _load_builtin(builtin: Builtin, include_other: bool) -> Model:
-    module = builtin.load()
-    layers, shared = [], set()
-    for name, sub in module.named_modules():
-        if isinstance(sub, CAPTURED):
-            weight = sub.weight.detach().numpy()  # a view: no second copy of the parameters
-            if isinstance(sub, nn.Linear):
-                layers.append(Layer(name, "linear", weight))
-            else:
-                o, i, k = weight.shape[0], weight.shape[1], weight.shape[-1]
-                layers.append(Layer(name, "conv", weight.reshape(o, i, -1, k), **_conv_geometry(sub)))
-            shared.add(name)
-    if include_other:
-        for key, tensor in module.state_dict().items():
-            if tensor.is_floating_point() and _layer_name(key) not in shared:
-                layers.append(Layer(_layer_name(key), "other", tensor.detach().numpy()))
-    return Model(builtin.name, layers, module, builtin)
+    m = _load_module(builtin.load(), include_other)
+    m.name, m.builtin = builtin.name, builtin
+    return m
 
 
 def _hook(layer: Layer, seen: list[str], keep: bool, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
