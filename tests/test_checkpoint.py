@@ -159,6 +159,10 @@ def test_prune_folder_keeps_dtype_layout_index_and_config(llama, tmp_path, capsy
     # never over an existing output without --force, and no temporary folder left behind
     assert main(["prune", str(folder), "--method", "truncate:keep=2", "-o", str(out)]) == 2
     assert "--force" in capsys.readouterr().err
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".pruned.{int(dead.stdout)}.k2j_x9.tmp"  # a killed prune's half-written folder
+    stale.mkdir()
+    (stale / "model-00001-of-00002.safetensors").write_bytes(b"half")
     assert main(["prune", str(folder), "--method", "truncate:keep=2", "-o", str(out), "--force", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["methods"][0].startswith("truncate:keep=2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["llama", "pruned"]

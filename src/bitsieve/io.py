@@ -65,12 +65,18 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temps(p: Path) -> None:
-    """Delete the temporary files a killed writer of ``p`` left behind (its pid no longer runs)."""
+    """Delete the temporary files (or checkpoint folders) a killed writer of ``p`` left behind (its pid no
+    longer runs)."""
+    import shutil
+
     tail = re.compile(r"(\d+)\.[a-z0-9_]+" + re.escape(TMP_SUFFIX))  # pid, then mkstemp's random part
     for tmp in p.parent.glob(f".{glob.escape(p.name[:100])}.*{TMP_SUFFIX}"):
         m = tail.fullmatch(tmp.name[len(p.name[:100]) + 2:])
         if m and not _alive(int(m.group(1))):
-            tmp.unlink(missing_ok=True)
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
 
 
 def write_atomic(path, data: str | bytes, force: bool = False) -> Path:
@@ -166,6 +172,7 @@ def atomic_folder(path, force: bool = False):
     import shutil
 
     p = check_folder(path, force)
+    remove_stale_temps(p)
     try:
         tmp = Path(tempfile.mkdtemp(dir=p.parent, prefix=_tmp_prefix(p), suffix=TMP_SUFFIX))
     except OSError as e:
