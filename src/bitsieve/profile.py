@@ -80,8 +80,11 @@ class ProfileResult(dict):
     ``notes``; a dict (so ``json.dumps`` works) with table conversions for notebooks."""
 
     def to_pandas(self):
-        """One row per tensor, the statistics as columns (pandas is imported only here)."""
-        import pandas as pd
+        """One row per tensor, the statistics as columns (pandas is imported only here: not a dependency)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise UserError("to_pandas() needs pandas (pip install pandas); to_json() and the dict need nothing")
 
         return pd.DataFrame(self["layers"])
 
