@@ -132,24 +132,12 @@ def test_output_names_the_file_system_cannot_take(model_pt, tmp_path, capsys):
 
 
 def test_full_disk_is_one_line_and_leaves_no_temporary_file(model_pt, tmp_path, capsys, monkeypatch):
-    import bitsieve.io as io_mod
+    import pathlib
 
-    real = os.fdopen
+    def full(self, data):
+        raise OSError(28, "No space left on device")
 
-    class Full:
-        def __init__(self, f):
-            self.f = f
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            self.f.close()
-
-        def write(self, data):
-            raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(io_mod.os, "fdopen", lambda fd, mode: Full(real(fd, mode)))
+    monkeypatch.setattr(pathlib.Path, "write_bytes", full)
     out = tmp_path / "out"
     out.mkdir()
     assert "No space left" in fails(capsys, "profile", model_pt, "--csv", out / "p.csv")

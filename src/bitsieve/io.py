@@ -82,26 +82,12 @@ def remove_stale_temps(p: Path) -> None:
 def write_atomic(path, data: str | bytes, force: bool = False) -> Path:
     """Write to a temporary file beside ``path`` and rename it into place, so readers never see half a file.
     A write that fails (full disk, quota) removes its temporary file and is one UserError."""
-    p = check_writable(path, force)
-    remove_stale_temps(p)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=_tmp_prefix(p), suffix=TMP_SUFFIX)
-    except OSError as e:
-        raise UserError(f"cannot write {p}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the user's usual mode
-        os.replace(tmp, p)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"cannot write {p}: {e.strerror or e}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    with atomic_file(path, force) as tmp:
+        try:
+            tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        except OSError as e:
+            raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    return Path(path)
 
 
 @contextmanager
