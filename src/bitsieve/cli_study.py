@@ -32,12 +32,9 @@ def sweep(
     from .accel import parse_sets
     from .io import check_writable, folder_lock, write_atomic
 
-    from .study.engine import BACKENDS
+    from .study.engine import check_options
 
-    if workers is not None and workers < 1:  # checked before the output folder is made
-        raise UserError(f"--workers must be at least 1, got {workers}")
-    if backend not in BACKENDS:
-        raise UserError(f"unknown backend {backend!r} (local or ray)")
+    check_options(backend, workers, address)  # before the output folder is made
     sw = sweep_mod.parse(sweep_file, sets=parse_sets(sets))
     d = Path(outdir or f"{Path(sweep_file).stem}-results")
     if d.exists() and not d.is_dir():

@@ -50,10 +50,6 @@ def metric_label(model: str) -> str:
     return TASK_METRIC.get(b.task, b.task) if b else ""
 
 
-def native_format(name: str) -> str:
-    return designs.native_format(name)
-
-
 @dataclass(frozen=True)
 class Unit:
     """One piece of a comparison: 'accuracy' (some numerics), 'sim' (one design and its methods), 'profile'."""
@@ -242,24 +238,19 @@ def run(p: Plan, *, workers: int | None = None, console=None, backend: str = "lo
     finally:
         _CACHE.clear()
     rows = assemble(p, {u: out.get(id(u)) for u in p.units})
-    pub = published_rows(p.model, {d.accel for d in p.designs})
-    return {"rows": rows + pub, "warnings": warnings, "seconds": seconds, "wall_s": time.perf_counter() - t0,
-            "workers": workers, "published": [r for r in _published() if r["design"] in {d.accel for d in p.designs}]}
-
-
-def _published() -> list[dict]:
     from .accel import published
 
-    return published.published_comparison()
+    accels = {d.accel for d in p.designs}
+    pub = [r for r in published.published_comparison() if r["design"] in accels]
+    return {"rows": rows + published_rows(p.model, pub), "warnings": warnings, "seconds": seconds,
+            "wall_s": time.perf_counter() - t0, "workers": workers, "published": pub}
 
 
-def published_rows(model: str, accels: set) -> list[dict]:
+def published_rows(model: str, pub: list[dict]) -> list[dict]:
     """The seed papers' power / area / efficiency next to our model of the design configured as published
     (``accel.published``): rows with method 'published', metrics ``<quantity>.paper`` / ``.model`` / ``.ratio``."""
     out = []
-    for r in _published():
-        if r["design"] not in accels:
-            continue
+    for r in pub:
         for k in ("paper", "model", "ratio"):
             out.append(results.row(model, results.WHOLE, f"{r['quantity']}.{k}", r[k], method="published",
                                    accel=r["design"], format=r["format"]))

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import formats, lanes
+from . import formats
 from .errors import UserError
 
 #: the data format each design is published for (others: fp32 when the design takes it, else int8)
@@ -209,7 +209,7 @@ def computing(m, num: Numerics, steps=(), calib=None):
             if fmt.name != "fp32":
                 ws = [fmt.decode(fmt.encode(w)).astype(np.float32) for w in ws]
         else:
-            ws = [_on_grid(w, fmt, s) for w, s in zip(ws, saved)]
+            ws = [evaluate._on_grid(np.asarray(w, np.float32), s, fmt) for w, s in zip(ws, saved)]
         for L, w in zip(layers, ws):
             L.weight[...] = np.asarray(w, np.float32).reshape(L.weight.shape)
         if num.weights:
@@ -227,13 +227,6 @@ def computing(m, num: Numerics, steps=(), calib=None):
     finally:
         for L, w in zip(layers, saved):
             L.weight[...] = w
-
-
-def _on_grid(w, fmt, reference):
-    q, scale = lanes.quantized(np.asarray(w, np.float32), fmt, reference)
-    if scale is None:
-        return q.astype(np.float64) * float(fmt.scale_of()) if not fmt.is_float else q
-    return q * scale.reshape((-1,) + (1,) * (q.ndim - 1))
 
 
 @dataclass

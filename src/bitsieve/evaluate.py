@@ -35,7 +35,7 @@ from typing import Callable, ContextManager
 import numpy as np
 import torch
 
-from . import data, formats, methods, stats
+from . import data, formats, lanes, methods, stats
 from . import model as model_mod
 from .errors import UserError
 from .methods import bitlet as bitlet_mod
@@ -355,11 +355,12 @@ def fixed_activations(m: model_mod.Model, fmt_name: str, calib_batches=None):
 
 def _on_grid(w: np.ndarray, ref: np.ndarray, fmt: formats.Format) -> np.ndarray:
     """``w`` rounded to the per-output-channel grid of ``fmt`` whose scales come from ``ref`` (decision 2:
-    max|ref| / qmax per channel), clipped and dequantised as float32. The integers stay floats so that a -0.0
-    survives: weights already on this grid come back bit for bit."""
-    scale = np.asarray(fmt.quantize(ref, axis=0)[1], dtype=np.float64).reshape([-1] + [1] * (w.ndim - 1))
-    q = np.clip(np.rint(np.asarray(w, dtype=np.float64) / scale), -fmt.qmax, fmt.qmax)
-    return (q * scale).astype(np.float32)
+    max|ref| / qmax per channel; ``lanes.quantized``, the simulators' rule), clipped and dequantised as float32
+    with ``w``'s sign, so that a -0.0 survives: weights already on this grid come back bit for bit."""
+    sym = formats.get(fmt.name[:-2]) if fmt.twos else fmt  # symmetric range, two's complement or not
+    q, scale = lanes.quantized(w, sym, ref)
+    v = q * (float(fmt.scale_of()) if scale is None else scale.reshape([-1] + [1] * (q.ndim - 1)))
+    return np.copysign(v, w).astype(np.float32)
 
 
 @contextlib.contextmanager

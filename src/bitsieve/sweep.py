@@ -49,12 +49,7 @@ def _task_unit(task: Task, say) -> list[dict]:
 def run(sw: Sweep, outdir, *, backend: str = "local", workers: int | None = None, address: str | None = None,
         force: bool = False, console=None, on_done: Callable[[Task], None] | None = None) -> dict:
     """Run every task of the sweep not yet in the store. Returns counts and the wall time."""
-    if backend not in engine.BACKENDS:
-        raise UserError(f"unknown backend {backend!r} (local or ray)")
-    if address and backend != "ray":
-        raise UserError("--address needs --backend ray")
-    if workers is not None and workers < 1:
-        raise UserError(f"--workers must be at least 1, got {workers}")
+    engine.check_options(backend, workers, address)
     store = open_store(sw, outdir, force)
     t0 = time.perf_counter()
     done = store.done()

@@ -28,6 +28,16 @@ class Done:
     wall_s: float = 0.0
 
 
+def check_options(backend: str = "local", workers: int | None = None, address: str | None = None) -> None:
+    """The engine's options, checked before a caller makes any output."""
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r} (local or ray)")
+    if address and backend != "ray":
+        raise UserError("--address needs --backend ray")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+
+
 def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
@@ -35,12 +45,7 @@ def default_workers() -> int:
 def execute(units: list, fn: Callable, *, backend: str = "local", workers: int | None = None,
             address: str | None = None, on_progress: Callable[[Any, float], None] | None = None) -> Iterator[Done]:
     """Run ``fn`` on every unit; yields ``Done`` in completion order."""
-    if backend not in BACKENDS:
-        raise UserError(f"unknown backend {backend!r} (local or ray)")
-    if address and backend != "ray":
-        raise UserError("--address needs --backend ray")
-    if workers is not None and workers < 1:
-        raise UserError(f"--workers must be at least 1, got {workers}")
+    check_options(backend, workers, address)
     say = on_progress or (lambda u, f: None)
     if not units:
         return
