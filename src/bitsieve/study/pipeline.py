@@ -39,13 +39,14 @@ def run_task(task: Task, progress: Callable[[str, float], None] | None = None) -
     rows: list[dict] = []
     recs: dict = {}
     if task.eval_limit != 0:
-        rows += accuracy_rows(task.model, steps, task.eval_limit, [s], lambda f: say("accuracy", 0.15 + 0.2 * f))
         items = {}
         for d in setting_designs(s):
             num = d.numerics()
             items.setdefault(num.key(), (num.key(), num, d, ""))
         recs = accuracy_records(task.model, list(items.values()), task.eval_limit,
-                                lambda f: say("design accuracy", 0.35 + 0.15 * f))
+                                lambda f: say("design accuracy", 0.15 + 0.15 * f))
+        rows += accuracy_rows(task.model, steps, task.eval_limit, [s], lambda f: say("accuracy", 0.3 + 0.2 * f),
+                              original=recs["original"])  # the original is run once for designs and methods
     say(f"profile {s.format} g{s.group}", 0.5)
     rows += profile_setting(m.name, layers, weights, s)
     if s.accels:
@@ -127,10 +128,11 @@ def _accels_need_acts(names) -> bool:
     return any(ACCELERATORS[n].needs_activations for n in ["dense", *names])
 
 
-def accuracy_rows(model_spec: str, steps: dict, limit, settings, say=None) -> list[dict]:
+def accuracy_rows(model_spec: str, steps: dict, limit, settings, say=None, original=None) -> list[dict]:
     """``accuracy`` (the task's metric: top-1 %, Spearman x100...), ``accuracy_delta`` against the original and,
     where the task has it, ``accuracy_top5``, for the original model ('') and every method; layer '*', accel ''.
-    Repeated for each setting, so every (format, group) section of a report has them."""
+    Repeated for each setting, so every (format, group) section of a report has them. ``original``: the
+    original model's records on the same samples, already measured."""
     from .. import evaluate
 
     labels = list(steps)
@@ -143,7 +145,7 @@ def accuracy_rows(model_spec: str, steps: dict, limit, settings, say=None) -> li
         if say:
             say(done[0] / n)
 
-    res = evaluate.evaluate(model_spec, specs, limit=limit, progress=tick)
+    res = evaluate.evaluate(model_spec, specs, limit=limit, progress=tick, original=original)
     variants = res["variants"]
     out = []
     for s in settings or [Setting("", 0)]:
