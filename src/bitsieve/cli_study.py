@@ -16,7 +16,7 @@ from .errors import UserError
 def sweep(
     sweep_file: str = typer.Argument(..., metavar="SWEEP.toml", help="The grid: models, formats, groups, methods, "
                                      "accelerators (see `bitsieve.sweep` for the format)."),
-    outdir: Optional[str] = typer.Option(None, "-o", "--out", help="Output folder (default: <sweep name>-results). "
+    outdir: Optional[str] = typer.Option(None, "-o", "--output", help="Output folder (default: <sweep name>-results). "
                                          "Running again resumes an interrupted sweep there."),
     backend: str = typer.Option("local", "--backend", help="local (a process pool) or ray."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray)."),
