@@ -132,7 +132,7 @@ def test_sram_scales_with_useful_lanes(accel, fmt):
     """8 or 16 real channels in one zero-padded group of lanes: the same tiles, twice the real operands,
     exactly twice the SRAM reads (the padding lanes are not charged)."""
     sim = Simulator(Run(accels=[accel], fmt=fmt))
-    acc, cfg = ACCELERATORS[accel], sim.cfg[accel]
+    acc = ACCELERATORS[accel]
     reads = {}
     for cw in (8, 16):
         wl = padded_conv(cw)

@@ -107,7 +107,6 @@ class Stripes(DnnsimModel):
         B = self.width(fmt)
         wl, mags, signs, _ = self.operands(layer, wplanes, aplanes, cfg)
         mode = cfg["precision"]
-        C = cfg["columns"]
         units = self.units(cfg, fmt)
         if mode == "dynamic":
             st = self.streams(wl, cfg)
