@@ -317,7 +317,7 @@ def test_dnnsim_streams_layout():
 # ---- configuration, formats, registry ---------------------------------------------------------------------
 def test_registry_and_citations():
     assert set(ACCELERATORS) == {"dense", "stripes", "pragmatic", "laconic", "tactical", "bitlet", "bitx",
-                                 "bitxpro", "bitwave", "bitvert", "pnpu"}
+                                 "bitxpro", "bitwave", "bitvert", "pnpu", "pragmatic-ws"}
     for n, a in ACCELERATORS.items():
         assert a.confidence in CONFIDENCE
         assert a.source and a.doc and "Source" in a.doc and "Confidence" in a.doc, n

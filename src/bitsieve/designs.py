@@ -28,9 +28,9 @@ from .errors import UserError
 
 #: the data format each design is published for (others: fp32 when the design takes it, else int8)
 NATIVE = {"stripes": "int16", "pragmatic": "int16", "laconic": "int16", "tactical": "int16", "bitwave": "int8",
-          "bitvert": "int8", "pnpu": "fp16"}
+          "bitvert": "int8", "pnpu": "fp16", "pragmatic-ws": "int8"}
 #: designs whose cycles read the weights' bits or zeros (a weight method can change them)
-READS_WEIGHTS = ("laconic", "tactical", "bitlet", "bitx", "bitxpro", "bitwave", "bitvert", "pnpu")
+READS_WEIGHTS = ("laconic", "tactical", "bitlet", "bitx", "bitxpro", "bitwave", "bitvert", "pnpu", "pragmatic-ws")
 #: the knob each design is swept over for accuracy-versus-speed curves, and its values
 KNOBS = {"bitx": ("keep", (2, 4, 6, 8)), "bitxpro": ("keep", (2, 4, 6, 8)),
          "bitlet": ("prune", ("0xff0000", "0xfff000", "0xffff00", "0xffffff"))}

@@ -6,21 +6,22 @@
 citation per number. ``bitsieve.simulate`` runs a model's layers through them; the interface is
 ``base.Accelerator.simulate(layer, wplanes, aplanes, config) -> base.LayerResult``.
 
-=========  ============================================  ===============================
-name       design                                        source / confidence
-=========  ============================================  ===============================
-dense      DaDianNao-like bit-parallel baseline          DNNsim / reference code
-stripes    Stripes (MICRO'16)                            DNNsim / reference code
-pragmatic  Bit-Pragmatic (MICRO'17)                      DNNsim / reference code
-laconic    Laconic (ISCA'19)                             DNNsim / reference code
-tactical   Bit-Tactical (ASPLOS'19), E and P back-ends   DNNsim / reference code
-bitlet     Bitlet (MICRO'21)                             published RTL / exact (RTL)
-bitx       BitX (ICPP'21)                                abstract + patent / reconstructed
-bitxpro    BitXpro (TVLSI'23)                            abstract / reconstructed
-bitwave    BitWave (HPCA'24)                             BitSim / reference code
-bitvert    BitVert, BBS (MICRO'24)                       paper + BitSim / reference code
-pnpu       PNPU / Kim'20 (VLSI'20), value-level          abstracts / reconstructed
-=========  ============================================  ===============================
+============  ============================================  ===============================
+name          design                                        source / confidence
+============  ============================================  ===============================
+dense         DaDianNao-like bit-parallel baseline          DNNsim / reference code
+stripes       Stripes (MICRO'16)                            DNNsim / reference code
+pragmatic     Bit-Pragmatic (MICRO'17)                      DNNsim / reference code
+laconic       Laconic (ISCA'19)                             DNNsim / reference code
+tactical      Bit-Tactical (ASPLOS'19), E and P back-ends   DNNsim / reference code
+bitlet        Bitlet (MICRO'21)                             published RTL / exact (RTL)
+bitx          BitX (ICPP'21)                                abstract + patent / reconstructed
+bitxpro       BitXpro (TVLSI'23)                            abstract / reconstructed
+bitwave       BitWave (HPCA'24)                             BitSim / reference code
+bitvert       BitVert, BBS (MICRO'24)                       paper + BitSim / reference code
+pnpu          PNPU / Kim'20 (VLSI'20), value-level          abstracts / reconstructed
+pragmatic-ws  weight-serial Pragmatic (BitSim)              BitSim / reference code
+============  ============================================  ===============================
 """
 from __future__ import annotations
 
@@ -37,10 +38,11 @@ from .pnpu import PNPU
 from .pragmatic import Pragmatic
 from .stripes import Stripes
 from .tactical import Tactical
+from .wspragmatic import WSPragmatic
 
 ACCELERATORS: dict[str, Accelerator] = {a.name: a for a in (
     Dense(), Stripes(), Pragmatic(), Laconic(), Tactical(), Bitlet(), BitX(), BitXpro(), BitWave(), BitVert(),
-    PNPU())}
+    PNPU(), WSPragmatic())}
 
 __all__ = ["ACCELERATORS", "CONFIDENCE", "Accelerator", "LayerResult", "PackSpec", "get", "names", "parse_sets"]
 
