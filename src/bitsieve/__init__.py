@@ -8,6 +8,7 @@ The Python API, for a live ``torch.nn.Module`` in a notebook as much as for a ch
     t = bitsieve.profile(module_or_path)                # bit sparsity per layer; t.to_pandas(), t.to_json()
     bitsieve.prune_(module, "bitx:keep=4")              # rewrite the module's weights in place
     rows = bitsieve.simulate(module, accel=["bitx", "stripes"], example_inputs=x, format="int16")
+    rows = bitsieve.simulate("my-llama/", accel=["pragmatic"], inputs="ids.npy")  # HF folder or .onnx, run
 
 Nothing heavy is imported until a function is used: the ``bitsieve`` command imports this package, and
 ``bitsieve models`` / ``--help`` must not load torch. ``bitsieve.profile`` and ``bitsieve.simulate`` are also
@@ -63,30 +64,25 @@ def prune_(module, methods, format: str | None = None, group: int | None = None)
     return [r.as_dict() for r in results]
 
 
-def _simulate(model, accel, format: str = "int16", example_inputs=None, baseline: str | None = None) -> list[dict]:
-    """Cycles, speed-ups, energy and area of ``model`` (a module, path, built-in name or loaded Model) on the
-    accelerators ``accel``, per layer and for the whole model (layer ``*``), as tidy rows. With a live module
-    and ``example_inputs`` the activation-serial designs read the real inputs each layer saw."""
+def _simulate(model, accel, format: str = "int16", example_inputs=None, baseline: str | None = None,
+              methods=(), inputs=None, tokens: int | None = None) -> list[dict]:
+    """Cycles, speed-ups, latency with memory time, energy and area of ``model`` (a module, path, built-in name
+    or loaded Model) on the accelerators ``accel``, per layer and for the whole model (layer ``*``), as tidy
+    rows. With a live module and ``example_inputs`` (or a Hugging Face folder / .onnx file and ``inputs``, an
+    array or a .npy/.npz/.txt path) the activation-serial designs read the real inputs each layer saw.
+    ``methods``: variants, each one spec or several composed with ``+``; the unmodified model is always there."""
     from . import model as model_mod
-    from .accel import tiling
-    from .simulate import Run, Simulator, layer_results, layer_rows, whole_rows
+    from .simulate import Run, simulate_model
 
     if isinstance(model, model_mod.Model):
         m = model
     elif isinstance(model, str) and example_inputs is None:
-        m = model_mod.load(model, activations=1 if model in _builtin_names() else 0)
+        m = model if inputs is not None or model not in _builtin_names() else model_mod.load(model, activations=1)
     else:
         m = model_mod.load(model, example_inputs=example_inputs)
-    layers = [layer for layer in m.layers if layer.kind in ("conv", "linear")]
-    acts = [layer.activation for layer in layers if layer.activation is not None]
     run = Run(accels=[accel] if isinstance(accel, str) else list(accel), fmt=format, baseline=baseline,
-              inferences=acts[0].shape[0] if acts else 1)
-    sim = Simulator(run)
-    rows = []
-    for layer in layers:
-        wl = tiling.from_layer(layer)
-        rows.extend(layer_rows(sim, m.name, "", wl, layer_results(sim, wl)))
-    return rows + whole_rows(sim, m.name, "", rows)
+              methods=[methods] if isinstance(methods, str) else list(methods))
+    return simulate_model(m, run, inputs=inputs, tokens=tokens)["rows"]
 
 
 def _builtin_names():

@@ -37,11 +37,22 @@ def _summary(rows: list[dict], labels: dict) -> list[dict]:
 
 @app.command()
 def simulate(
-    model: str = typer.Argument(..., help="Built-in name or a .safetensors/.pt/.pth/.onnx file."),
+    model: str = typer.Argument(..., help="Built-in name, a .safetensors/.pt/.pth/.onnx file, or a checkpoint "
+                                "folder (config.json + *.safetensors) or its .safetensors.index.json."),
     accel: str = typer.Option("all", "--accel", help="Accelerators, comma-separated, or 'all' (those that "
                               "apply to the format). See `bitsieve accelerators`."),
-    method: List[str] = typer.Option([], "--method", help="Method spec (bitx:keep=5, bbs:k=4, ...); several "
-                                     "compose in order. The unmodified model is always simulated too."),
+    method: List[str] = typer.Option([], "--method", help="A variant: NAME[:key=value,...] (bitx:keep=5, "
+                                     "bbs:k=4, ...), several composed in order with '+'. Repeat for more "
+                                     "variants. The unmodified model is always simulated too."),
+    inputs: Optional[str] = typer.Option(None, "--inputs", help="Run a user model on this data and simulate "
+                                         "on the activations each layer sees: .npy (one input; token ids "
+                                         "for a language model), .npz (named inputs) or .txt (text, with the "
+                                         "folder's tokenizer). For an .onnx file or a Hugging Face folder."),
+    tokens: Optional[int] = typer.Option(None, "--tokens", help="A weights file's linear layers as GEMMs of N "
+                                         "tokens (1: decoding, a GEMV)."),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="A weights file's convs see this "
+                                              "input, NxCxHxW (e.g. 1x3x224x224); the output says what was "
+                                              "assumed."),
     fmt: str = typer.Option("int16", "--format", help="Data format: int16, int8, int<b>, fp32, bf16, fp16."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Also report speed-ups over this accelerator."),
     sets: List[str] = typer.Option([], "--set", help="Override a parameter: ACCEL.PARAM=VALUE "
@@ -72,15 +83,18 @@ def simulate(
         raise UserError("--activations must be at least 1")
     if csv_path:
         check_writable(csv_path, force)
-    run = Run(accels=chosen, fmt=f.name, methods=["+".join(method)] if method else [], baseline=baseline,
-              sets=parse_sets(sets), seed=seed)
-    res = simulate_model(model, run, activations=activations)
+    run = Run(accels=chosen, fmt=f.name, methods=list(method), baseline=baseline, sets=parse_sets(sets), seed=seed)
+    from .cli_methods import _progress
+
+    with _progress("simulate", json_out) as progress:
+        res = simulate_model(model, run, activations=activations, inputs=inputs, tokens=tokens,
+                             input_shape=input_shape, progress=progress)
     rows = res["rows"]
     summary = _summary(rows, res["labels"])
     if csv_path:
         write_atomic(csv_path, results.to_csv(rows), force=force)
     if json_out:
-        payload = {k: res[k] for k in ("model", "format", "layers", "accels")}
+        payload = {k: res[k] for k in ("model", "format", "layers", "accels", "notes", "inferences")}
         payload.update(summary=summary, rows=json.loads(results.to_json(rows)))
         print(json.dumps(payload))
         return
@@ -88,9 +102,10 @@ def simulate(
         _print_layers(res, chosen)
     for m in dict.fromkeys(s["method"] for s in summary):
         t = Table(title=f"{res['model']}: {res['format']}{', method ' + m if m else ''} (speed-up: over the "
-                        "same array run dense, equal units)")
+                        "same array run dense, equal units; with memory: each layer max(compute, DRAM))")
         cols = ["accel", "cycles", "speed-up"] + ([f"vs {baseline}"] if baseline else []) + [
-            "iso vs dense", "work bound", "energy pJ / inference", "area mm2", "bottleneck (share)"]
+            "latency / inference", "speed-up with memory", "iso vs dense", "work bound", "energy pJ / inference",
+            "area mm2", "bottleneck (share)"]
         for c in cols:
             t.add_column(c, justify="left" if c in ("accel", "bottleneck (share)") else "right")
         for s in summary:
@@ -99,10 +114,12 @@ def simulate(
             cells = [s["accel"], _fmt_num(s["cycles"]), f"{s['speedup']:.2f}"]
             if baseline:
                 cells.append(f"{s.get('speedup_vs_' + baseline, float('nan')):.2f}")
-            cells += [f"{s['speedup_iso']:.2f}", f"{s['work_bound']:.2f}", f"{s['energy_pj']:.3e}",
+            cells += [_fmt_num(s["latency_cycles"]), f"{s['speedup_memory']:.2f}", f"{s['speedup_iso']:.2f}", f"{s['work_bound']:.2f}", f"{s['energy_pj']:.3e}",
                       f"{s['area_mm2']:.3f}", f"{s.get('bottleneck', '')} ({100 * s.get('bottleneck_share', 0):.0f}%)"]
             t.add_row(*cells)
         out.print(t)
+    for note in res["notes"]:
+        out.print(f"note: {note}", highlight=False)
     secs = res["seconds"]
     out.print("simulation time: " + ", ".join(f"{n} {secs[n]:.2f}s" for n in secs if n in chosen))
 

@@ -49,6 +49,7 @@ class Layer:
     nonfinite: int = 0  # NaN/Inf weights zeroed (only with allow_nonfinite)
     role: str = ""  # what the tensor does (bitsieve.checkpoint.role_of): attention, mlp, embedding, norm ...
     dtype: str = "fp32"  # the format it was stored in (fp32, fp16, bf16): the default format to profile it in
+    transposed: bool = False  # the module stores the weight [in, out] (GPT-2's Conv1D): `weight` is its .T view
 
     @property
     def macs(self) -> int | None:
@@ -81,7 +82,7 @@ class Model:
 
 
 def load(spec, *, activations: int = 0, allow_nonfinite: bool = False, include_other: bool = False,
-         tokens: int | None = None, example_inputs=None) -> Model:
+         tokens: int | None = None, example_inputs=None, inputs=None, input_shape: str | None = None) -> Model:
     """Load a built-in by name, a weights file or checkpoint folder by path, or a live ``torch.nn.Module``.
 
     Built-ins always run once on a real sample to record layer shapes; with `activations=n` they
@@ -89,13 +90,22 @@ def load(spec, *, activations: int = 0, allow_nonfinite: bool = False, include_o
     arguments) when given, recording shapes and keeping those inputs as activations. Layer weights of
     built-ins and modules are views of the parameters (no second copy): editing them in place changes what
     the module computes. `tokens` gives a weights file's linear layers the GEMM shape [tokens, in] -> [tokens,
-    out] (a file has no input shapes; without it a simulator costs each linear layer as one token).
+    out] (a file has no input shapes; without it a simulator costs each linear layer as one token);
+    `input_shape` ('1x3x224x224') gives its convs that input size (``_assume_shapes`` says what is assumed).
+    ``inputs`` (a .npy/.npz/.txt path or an array) runs a user model that has an architecture (a Hugging Face
+    folder with config.json, an .onnx file) on the user's data and keeps each layer's inputs (``bitsieve.capture``).
     """
     if activations < 0:
         raise UserError(f"--activations must be >= 0, got {activations}")
     if tokens is not None and tokens < 1:
         raise UserError(f"--tokens must be >= 1, got {tokens}")
+    if inputs is not None and not isinstance(spec, nn.Module):
+        return _load_running(spec, inputs, allow_nonfinite, include_other)
     if isinstance(spec, nn.Module):
+        if example_inputs is None and inputs is not None:
+            from .capture import read_inputs
+
+            example_inputs = torch.as_tensor(read_inputs(inputs))
         model = _load_module(spec, include_other)
         for layer in model.layers:
             _check_finite(layer, allow_nonfinite)
@@ -117,7 +127,7 @@ def load(spec, *, activations: int = 0, allow_nonfinite: bool = False, include_o
 
         model = _load_checkpoint(path, include_other) if is_checkpoint(path) else \
             Model(path.stem, _load_file(path, include_other))
-        _assume_shapes(model, tokens)
+        _assume_shapes(model, tokens, input_shape, keep_geometry=path.suffix.lower() == ".onnx")
     for layer in model.layers:
         _check_finite(layer, allow_nonfinite)
     if model.module is not None:
@@ -127,17 +137,89 @@ def load(spec, *, activations: int = 0, allow_nonfinite: bool = False, include_o
     return model
 
 
-def _assume_shapes(model: Model, tokens: int | None) -> None:
-    """A weights file has no input shapes: give linear layers `tokens` tokens, and say what was assumed."""
+def _load_running(spec, inputs, allow_nonfinite: bool, include_other: bool) -> Model:
+    """A user model run on the user's ``inputs``: a Hugging Face folder through transformers and the same hooks
+    as a live module, an ONNX file through ONNX's reference evaluator (``bitsieve.capture``)."""
+    from . import capture
+    from .checkpoint import FORMAT_OF, Checkpoint, is_checkpoint, role_of
+
+    spec = str(spec)
+    if spec in zoo.BUILTINS:
+        raise UserError(f"{spec} runs on its own data: use --activations N instead of --inputs")
+    path = Path(spec)
+    if not path.exists():
+        raise UserError(f"cannot read {spec}: no such file")
+    if path.suffix.lower() == ".onnx":
+        model = Model(path.stem, _load_file(path, include_other))
+        capture.onnx_activations(path, model.layers, inputs)
+        model.notes.append(f"activations captured by running {path.name} on --inputs (ONNX reference evaluator)")
+    elif is_checkpoint(path) and (path if path.is_dir() else path.parent).joinpath("config.json").is_file():
+        ck = Checkpoint(path)
+        module = capture.hf_module(ck)
+        ids = capture.hf_token_ids(ck, module, capture.read_inputs(inputs))
+        model = _load_module(module, include_other)
+        model.name = ck.name
+        stored = {e.name: FORMAT_OF.get(e.dtype, "fp32") for e in ck.entries}
+        for layer in model.layers:
+            layer.dtype = stored.get(layer.name, ck.dtype())
+            layer.role = role_of(layer.name + ".weight", layer.weight.shape, ck.config)[1]
+        _forward(model, lambda: module(input_ids=ids), keep=True)
+        model.notes.append(f"{type(module).__name__} built by transformers from config.json, run on "
+                           f"{ids.shape[0]} x {ids.shape[1]} tokens of --inputs (float32)")
+    else:
+        raise UserError(f"{spec} holds weights but no architecture, so it cannot run on --inputs (export the model "
+                        "to ONNX, save it as a Hugging Face folder with config.json, or pass the live module to "
+                        "bitsieve.simulate)")
+    for layer in model.layers:
+        _check_finite(layer, allow_nonfinite)
+    return model
+
+
+def _assume_shapes(model: Model, tokens: int | None, input_shape: str | None, keep_geometry: bool) -> None:
+    """A weights file has no input shapes: give linear layers `tokens` tokens and convs without a known input
+    size the `input_shape` H x W ('same' padding, where the file stores no padding), and say what was assumed."""
+    said = []
     if tokens is not None:
         for layer in model.layers:
             if layer.kind == "linear":
                 layer.in_shape, layer.out_shape = (tokens, layer.weight.shape[1]), (tokens, layer.weight.shape[0])
-        model.notes.append(f"linear layers are GEMMs of {tokens} tokens (--tokens); convs cost one output pixel "
-                           "(a weights file has no input sizes)")
-    else:
-        model.notes.append("a weights file has no input shapes: each linear layer is costed as one token and "
-                           "each conv as one output pixel (give --tokens N for GEMM shapes)")
+        said.append(f"linear layers are GEMMs of {tokens} tokens (--tokens)")
+    if input_shape is not None:
+        h, w = _spatial(input_shape)
+        for layer in model.layers:
+            if layer.kind == "conv" and layer.in_shape is None:
+                kh, kw = layer.weight.shape[2:]
+                if not keep_geometry:
+                    layer.padding = ((kh - 1) // 2, (kw - 1) // 2)
+                (sh, sw), (ph, pw) = layer.stride, layer.padding
+                oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+                if oh < 1 or ow < 1:
+                    raise UserError(f"--input-shape {input_shape}: layer {layer.name}'s kernel {kh}x{kw} does not "
+                                    "fit the input")
+                layer.in_shape = (layer.weight.shape[1] * layer.groups, h, w)
+                layer.out_shape = (layer.weight.shape[0], oh, ow)
+        said.append(f"every conv sees a {h}x{w} input (--input-shape)" + (
+            "" if keep_geometry else " with stride 1 and 'same' padding (a state dict stores neither)"))
+    if said:
+        model.notes.append("; ".join(said))
+    if tokens is None or input_shape is None:
+        rest = [t for t, given in (("each linear layer is costed as one token (give --tokens N)", tokens),
+                                   ("each conv as one output pixel (give --input-shape NxCxHxW)", input_shape))
+                if given is None and any(layer.kind == ("linear" if "linear" in t else "conv")
+                                         and layer.in_shape is None for layer in model.layers)]
+        if rest:
+            model.notes.append("a weights file has no input shapes: " + ", ".join(rest))
+
+
+def _spatial(text: str) -> tuple[int, int]:
+    """H, W of an input shape written NxCxHxW, CxHxW or HxW."""
+    try:
+        dims = [int(d) for d in str(text).lower().replace("*", "x").split("x")]
+    except ValueError:
+        dims = []
+    if not 2 <= len(dims) <= 4 or min(dims) < 1:
+        raise UserError(f"--input-shape must be NxCxHxW (e.g. 1x3x224x224), got {text!r}")
+    return dims[-2], dims[-1]
 
 
 def _load_checkpoint(path: Path, include_other: bool) -> Model:
@@ -153,15 +235,26 @@ def _load_checkpoint(path: Path, include_other: bool) -> Model:
     return Model(ck.name, layers, notes=[ck.describe()])
 
 
+def _captured(sub: nn.Module) -> bool:
+    """A conv/linear module: torch's, or transformers' GPT-2 ``Conv1D`` (a linear layer storing [in, out])."""
+    return (isinstance(sub, CAPTURED) or _is_hf_conv1d(sub)) and isinstance(getattr(sub, "weight", None), torch.Tensor)
+
+
+def _is_hf_conv1d(sub: nn.Module) -> bool:
+    return type(sub).__name__ == "Conv1D" and hasattr(sub, "nf")  # transformers.pytorch_utils, not imported
+
+
 def _load_module(module: nn.Module, include_other: bool) -> Model:
     """A live module's conv/linear layers (weights are views of its parameters)."""
     layers, shared = [], set()
     for name, sub in module.named_modules():
-        if isinstance(sub, CAPTURED) and isinstance(getattr(sub, "weight", None), torch.Tensor):
+        if _captured(sub):
             w = sub.weight.detach()
             dtype = _FORMATS.get(w.dtype, "fp32")
             weight = w.numpy() if w.dtype == torch.float32 and w.device.type == "cpu" else w.float().cpu().numpy()
-            if isinstance(sub, nn.Linear):
+            if _is_hf_conv1d(sub):
+                layers.append(Layer(name, "linear", weight.T, role="linear", dtype=dtype, transposed=True))
+            elif isinstance(sub, nn.Linear):
                 layers.append(Layer(name, "linear", weight, role="linear", dtype=dtype))
             else:
                 o, i, k = weight.shape[0], weight.shape[1], weight.shape[-1]
@@ -175,6 +268,16 @@ def _load_module(module: nn.Module, include_other: bool) -> Model:
     if not layers:
         raise UserError(f"{type(module).__name__} has no Conv1d, Conv2d or Linear layers")
     return Model(type(module).__name__, layers, module)
+
+
+def set_weight(model: Model, layer: Layer, weight: np.ndarray) -> None:
+    """Write ``weight`` (the layer's [O, ...] layout) into the module's parameter in its own dtype and layout:
+    the layer's array is a view only for float32 CPU parameters."""
+    param = model.module.get_submodule(layer.name).weight
+    w = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
+    w = w.reshape(layer.weight.shape).T if layer.transposed else w.reshape(param.shape)
+    with torch.no_grad():
+        param.copy_(w.to(param.dtype))
 
 
 def _run_module(model: Model, inputs, keep: bool) -> None:
@@ -241,7 +344,7 @@ def _forward(model: Model, call, keep: bool) -> None:
     hooks = [
         sub.register_forward_hook(partial(_hook, by_name[name], seen, keep))
         for name, sub in model.module.named_modules()
-        if name in by_name and isinstance(sub, CAPTURED)
+        if name in by_name and _captured(sub)
     ]
     try:
         with torch.no_grad():

@@ -15,7 +15,8 @@ for the whole model (layer '*'):
 - ``work_bound``: the work-reduction bound B*B*MACs / effectual bit products (a speed-up never exceeds it on
   exactly tiled layers);
 - ``energy_pj`` and ``energy_pj.compute|sram|dram``; ``dram_cycles``; ``area_mm2`` (whole model);
-- ``bottleneck_share`` and ``bottleneck.<label>`` (value: that share) naming what set the time.
+- ``bottleneck_share`` and ``bottleneck.<label>`` (value: that share) naming what set the time;
+- ``latency_cycles`` (per inference) and ``speedup_memory``: the same with memory time (``memory_rows``).
 """
 from __future__ import annotations
 
@@ -212,27 +213,35 @@ def _method_steps(spec: str, fmt: str):
     return methods.parse_specs(parts, {"format": fmt})
 
 
-def simulate_model(model_spec: str, run: Run, *, activations: int = 1, progress=None) -> dict:
+def simulate_model(model, run: Run, *, activations: int = 1, inputs=None, tokens: int | None = None,
+                   input_shape: str | None = None, progress=None) -> dict:
     """Simulate every conv/linear layer of a model on every accelerator of ``run``, for the unmodified
-    model ('') and every method spec. Returns {"rows": [...], "layers": [per-layer info], "seconds": {...}}."""
+    model ('') and every method spec. ``model``: a built-in name or a path (``inputs``: the user's data to run
+    it on, see ``bitsieve.capture``), or a loaded ``bitsieve.model.Model``. ``tokens`` / ``input_shape``: the
+    GEMM and conv input sizes a weights file lacks. Returns {"rows": [...], "layers": [per-layer info],
+    "seconds": {...}, "notes": [...]}; rows include ``latency_cycles`` and ``speedup_memory`` (``memory_rows``)."""
+    from . import methods
     from . import model as model_mod
-
     from .zoo import BUILTINS
 
     sim = Simulator(run)
     needs_acts = any(a.reads_activations(sim.cfg[n], sim.fmt) for n, a in sim.accels.items())
-    # a weights file has no architecture to run: its layers have shapes only where the file says so, and the
-    # designs that read activations say clearly that they need a built-in model
-    with_acts = needs_acts and model_spec in BUILTINS
-    m = model_mod.load(model_spec, activations=activations if with_acts else 0)
-    sim.run.inferences = max(int(activations), 1) if with_acts else 1
+    if isinstance(model, model_mod.Model):
+        m = model
+    elif inputs is not None:
+        m = model_mod.load(model, inputs=inputs)
+    else:
+        # a weights file has no architecture to run: its layers have shapes only where the file says so (or
+        # --tokens / --input-shape assume), and the designs that read activations say they need --inputs
+        with_acts = needs_acts and model in BUILTINS
+        m = model_mod.load(model, activations=activations if with_acts else 0, tokens=tokens,
+                           input_shape=input_shape)
     layers = [layer for layer in m.layers if layer.kind in ("conv", "linear")]
     if not layers:
-        raise UserError(f"{model_spec} has no conv or linear layers to simulate")
+        raise UserError(f"{m.name} has no conv or linear layers to simulate")
+    sim.run.inferences = next((int(L.activation.shape[0]) for L in layers if L.activation is not None), 1)
     method_weights = {"": None}
     for spec in run.methods:
-        from . import methods
-
         steps = _method_steps(spec, sim.fmt.name)
         res = methods.apply_model(layers, steps)
         method_weights["+".join(s.spec() for s in steps)] = [r.weight for r in res]
@@ -242,20 +251,54 @@ def simulate_model(model_spec: str, run: Run, *, activations: int = 1, progress=
     for i, layer in enumerate(layers):
         wl = tiling.from_layer(layer)
         info.append({"name": wl.name, "kind": wl.kind, "shape": wl.describe(), "macs": wl.macs})
+        acache: dict = {}
         for key, ws in method_weights.items():
-            res = layer_results(sim, wl, None if ws is None else ws[i], seconds=seconds)
+            res = layer_results(sim, wl, None if ws is None else ws[i], acache, seconds=seconds)
             lr = layer_rows(sim, m.name, key, wl, res)
             per_method_rows[key].extend(lr)
             rows.extend(lr)
-        layer.activation = None  # streaming: this layer's activations are no longer needed
+        if not isinstance(model, model_mod.Model):
+            layer.activation = None  # streaming: this layer's activations are no longer needed
         if progress:
-            progress(i + 1, len(layers))
+            progress(i + 1, len(layers), layer.name)
     for key, lr in per_method_rows.items():
+        rows.extend(memory_rows(m.name, key, lr, sim.run.inferences))
         rows.extend(whole_rows(sim, m.name, key, lr))
     return {"model": m.name, "format": sim.fmt.name, "rows": rows, "layers": info, "seconds": seconds,
-            "labels": dict(sim.labels),
+            "labels": dict(sim.labels), "notes": list(m.notes), "inferences": sim.run.inferences,
             "accels": {n: {"source": a.source, "confidence": a.confidence, "config": {
                 k: v for k, v in sim.cfg[n].items() if k != "format"}} for n, a in sim.accels.items()}}
+
+
+def memory_rows(model: str, method: str, layer_rows_: list[dict], inferences: int) -> list[dict]:
+    """Latency with memory time, per layer and whole model, next to the compute-only figures.
+
+    A layer takes max(compute cycles, DRAM cycles), its weights, inputs and outputs streamed once at the DRAM
+    bandwidth of ``accel/data/memory.toml`` (a per-layer roofline, as ``compare``'s latency). ``latency_cycles``
+    is per inference; ``speedup_memory`` is the same array's dense latency (its dense cycles against the dense
+    design's DRAM cycles, weights uncompressed) over the design's: where a layer is memory-bound (a decoding
+    GEMV) skipping bits that only cuts compute gains nothing, and this says so where ``speedup`` does not."""
+    per: dict = {}
+    for r in layer_rows_:
+        per.setdefault((r["accel"], r["layer"]), {})[r["metric"]] = r["value"]
+    if not per:
+        return []
+    fmt, group = layer_rows_[0]["format"], layer_rows_[0]["group"]
+    n = max(int(inferences), 1)
+    out, total = [], {}
+    for (accel, layer), v in per.items():
+        dram_dense = per.get(("dense", layer), v)["dram_cycles"]
+        lat, ref = max(v["cycles"], v["dram_cycles"]), max(v["dense_cycles"], dram_dense)
+        t = total.setdefault(accel, [0.0, 0.0])
+        t[0], t[1] = t[0] + lat, t[1] + ref
+        out.append(row(model, layer, "latency_cycles", lat / n, method=method, accel=accel, format=fmt, group=group))
+        out.append(row(model, layer, "speedup_memory", ref / lat if lat else float("inf"), method=method,
+                       accel=accel, format=fmt, group=group))
+    for accel, (lat, ref) in total.items():
+        out.append(row(model, WHOLE, "latency_cycles", lat / n, method=method, accel=accel, format=fmt, group=group))
+        out.append(row(model, WHOLE, "speedup_memory", ref / lat if lat else float("inf"), method=method,
+                       accel=accel, format=fmt, group=group))
+    return out
 
 
 def layer_results(sim: Simulator, wl, weight=None, acache: dict | None = None, seconds: dict | None = None) -> dict:
@@ -278,8 +321,8 @@ def layer_results(sim: Simulator, wl, weight=None, acache: dict | None = None, s
         if as_ is not None:
             if wl.activation is None:
                 raise UserError(f"{n} reads the input activations and layer {wl.name} has none captured "
-                                "(only built-in models run on real inputs; choose weight-only accelerators "
-                                "such as bitx, bitwave, bitvert for a weights file)")
+                                "(run the model on your data with --inputs FILE (an .onnx file or a Hugging Face "
+                                "folder), or choose weight-only accelerators such as bitx, bitwave, bitvert)")
             if as_ not in acache:
                 acache[as_] = pack_acts(wl, as_)
             ap = acache[as_]

@@ -1,0 +1,216 @@
+"""Real activations for user models: the inputs each conv/linear layer sees when the model runs on the user's
+own data (``--inputs FILE``), so the designs that read activations (Stripes, Pragmatic, Laconic, ...) run on
+user models as they do on the built-ins.
+
+Three kinds of user model can run: a live ``nn.Module`` (``bitsieve.model.load(module, example_inputs=x)``);
+a Hugging Face checkpoint folder whose ``config.json`` transformers can instantiate (built from local files
+only, then run like a live module through the same forward hooks); an ONNX file, run by ONNX's reference
+evaluator (pure NumPy, no onnxruntime), keeping the data operand of every Conv/Gemm/MatMul whose weight is a
+layer. A state dict holds weights and no architecture: it cannot run.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError, one_line
+
+INPUT_SUFFIXES = (".npy", ".npz", ".txt")
+
+
+def read_inputs(inputs):
+    """``--inputs``: an array (.npy, or a NumPy/torch array passed in), named arrays (.npz, one per model input)
+    or text (.txt, tokenised by a language model's own tokenizer)."""
+    if not isinstance(inputs, (str, Path)):
+        return inputs.detach().cpu().numpy() if hasattr(inputs, "detach") else np.asarray(inputs)
+    path = Path(inputs)
+    if path.suffix.lower() not in INPUT_SUFFIXES:
+        raise UserError(f"--inputs {inputs}: expected a .npy or .npz array file or a .txt text file")
+    if not path.is_file():
+        raise UserError(f"--inputs {inputs}: no such file")
+    if path.suffix.lower() == ".txt":
+        return path.read_text(errors="replace")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as exc:  # numpy raises ValueError, OSError, zipfile errors ... on damaged files
+        raise UserError(f"cannot read --inputs {inputs}: {one_line(str(exc)) or type(exc).__name__}") from None
+    if isinstance(data, np.lib.npyio.NpzFile):
+        with data:
+            return {k: data[k] for k in data.files}
+    return data
+
+
+# ---- ONNX -------------------------------------------------------------------------------------------------------
+def onnx_activations(path: Path, layers: list, inputs) -> None:
+    """Run the ONNX graph at ``path`` on ``inputs`` and store, on each conv/linear layer of ``layers`` (as
+    ``bitsieve.model`` read them from the same file), the data operand its node saw: activation, in_shape and
+    out_shape, exactly as the torch hooks record them. A layer is found by its weight's values (not its name),
+    so any naming rule works."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    feeds = _onnx_feeds(graph, read_inputs(inputs))
+    consts = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            consts.update({node.output[0]: a.t for a in node.attribute if a.name == "value"})
+    by_key: dict = {}
+    for layer in layers:
+        if layer.kind in ("conv", "linear"):
+            by_key.setdefault(_key(layer.weight), []).append(layer)
+    uses = []  # (node, weight operand index, data operand index, layer)
+    done = set()
+    for node in graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        for wi, name in enumerate(node.input[:2]):
+            if name not in consts:
+                continue
+            w = _onnx_as_layer_weight(consts[name], node, wi)
+            layer = next((cand for cand in by_key.get(_key(w), []) if id(cand) not in done
+                          and np.array_equal(cand.weight, w)), None) if w is not None else None
+            if layer is not None:
+                done.add(id(layer))
+                uses.append((node, wi, 1 - wi if node.op_type != "Conv" else 0, layer))
+            break
+    if not uses:
+        raise UserError(f"{path}: no Conv, Gemm or MatMul node reads a conv/linear weight of the file")
+    try:
+        values = ReferenceEvaluator(proto).run(None, feeds, intermediate=True)
+    except Exception as exc:  # the reference evaluator raises whatever its operators raise
+        raise UserError(f"cannot run {path} on --inputs: {type(exc).__name__}: {one_line(str(exc))}") from None
+    for node, wi, di, layer in uses:
+        x = np.asarray(values[node.input[di]], dtype=np.float32)
+        y = np.asarray(values[node.output[0]], dtype=np.float32)
+        if node.op_type == "Conv":
+            if x.ndim == 3:  # Conv1d: a conv of height 1
+                x, y = x[:, :, None, :], y[:, :, None, :]
+        elif wi == 0:  # y = W @ x: the tokens are x's columns
+            x, y = np.swapaxes(x, -1, -2), np.swapaxes(y, -1, -2)
+        elif node.op_type == "Gemm" and _attrs(node).get("transA", 0):
+            x = x.T
+        if x.ndim == 1:
+            x, y = x[None], y[None]
+        layer.activation = np.ascontiguousarray(x)
+        layer.in_shape, layer.out_shape = tuple(x.shape[1:]), tuple(y.shape[1:])
+
+
+def _key(w: np.ndarray) -> tuple:
+    return tuple(w.shape), float(np.asarray(w, dtype=np.float64).sum())
+
+
+def _attrs(node) -> dict:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _onnx_as_layer_weight(tensor, node, index: int) -> np.ndarray | None:
+    """The weight as a Layer holds it ([O, C, kh, kw] conv, [O, I] linear) when ``node`` reads ``tensor`` as
+    its weight operand, else None."""
+    from onnx import numpy_helper
+
+    w = np.asarray(numpy_helper.to_array(tensor), dtype=np.float32)
+    if node.op_type == "Conv":
+        if index != 1 or w.ndim not in (3, 4):
+            return None
+        return w[:, :, None, :] if w.ndim == 3 else w
+    if w.ndim != 2:
+        return None
+    a = _attrs(node)
+    if node.op_type == "Gemm":
+        flip = not a.get("transB", 0) if index == 1 else bool(a.get("transA", 0))
+    else:
+        flip = index == 1
+    return np.ascontiguousarray(w.T) if flip else w
+
+
+def _onnx_feeds(graph, data) -> dict:
+    """The graph's inputs (initializers excluded) fed from one array or from named arrays, in their types."""
+    from onnx import helper
+
+    inits = {t.name for t in graph.initializer}
+    wanted = [i for i in graph.input if i.name not in inits]
+    if isinstance(data, str):
+        raise UserError("an ONNX model takes arrays: give --inputs as .npy (one input) or .npz (named inputs)")
+    if not isinstance(data, dict):
+        if len(wanted) != 1:
+            raise UserError(f"the ONNX model has {len(wanted)} inputs ({', '.join(i.name for i in wanted)}): "
+                            "give --inputs as an .npz with one array per input name")
+        data = {wanted[0].name: data}
+    missing = [i.name for i in wanted if i.name not in data]
+    if missing:
+        raise UserError(f"--inputs has no array for the ONNX input {missing[0]!r} (it has {', '.join(data)})")
+    feeds = {}
+    for i in wanted:
+        dtype = helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
+        feeds[i.name] = np.asarray(data[i.name]).astype(dtype, copy=False)
+    return feeds
+
+
+# ---- Hugging Face ------------------------------------------------------------------------------------------------
+def hf_module(ck):
+    """The model of a checkpoint folder, built by transformers from its config.json and its own safetensors
+    (local files only: nothing is downloaded), in float32 (bf16/fp16 weights widen exactly), in eval mode."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    if ck.config_path is None:
+        raise UserError(f"{ck.root}: a checkpoint without config.json has no architecture to run on --inputs")
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(ck.root), local_files_only=True)
+    except Exception as exc:  # transformers raises ValueError/KeyError/OSError for unknown or bad configs
+        raise UserError(f"transformers cannot build {ck.root}/config.json: {one_line(str(exc))}") from None
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    cls = getattr(transformers, arch, None) if arch else None
+    cls = cls if isinstance(cls, type) else transformers.AutoModel
+    try:
+        module = cls.from_pretrained(str(ck.root), config=config, local_files_only=True, dtype=torch.float32)
+    except Exception as exc:  # missing or mismatched tensors, unsupported layouts ...
+        raise UserError(f"transformers cannot load {ck.root} as {cls.__name__}: {one_line(str(exc))}") from None
+    return module.eval()
+
+
+def hf_token_ids(ck, module, data):
+    """Token ids [batch, tokens] (int64 torch tensor) from an integer array, or from text tokenised by the
+    tokenizer saved in the folder, cut to the model's context length."""
+    import torch
+
+    limit = next((getattr(module.config, k) for k in ("max_position_embeddings", "n_positions")
+                  if isinstance(getattr(module.config, k, None), int)), None)
+    if isinstance(data, str):
+        try:
+            import transformers
+
+            tok = transformers.AutoTokenizer.from_pretrained(str(ck.root), local_files_only=True)
+        except Exception:
+            raise UserError(f"{ck.root} has no tokenizer to read text with: give token ids as --inputs ids.npy") \
+                from None
+        ids = np.asarray(tok(data)["input_ids"], dtype=np.int64)[None]
+        if limit:
+            ids = ids[:, :limit]
+    else:
+        if isinstance(data, dict):
+            data = data.get("input_ids", next(iter(data.values())) if len(data) == 1 else None)
+            if data is None:
+                raise UserError("--inputs .npz for a language model needs an 'input_ids' array")
+        ids = np.asarray(data)
+        if not np.issubdtype(ids.dtype, np.integer) or ids.ndim not in (1, 2):
+            raise UserError(f"--inputs for a language model: token ids as integers [tokens] or [batch, tokens], "
+                            f"got {ids.dtype} {list(ids.shape)}")
+        ids = ids.reshape(1, -1) if ids.ndim == 1 else ids
+        vocab = getattr(module.config, "vocab_size", None)
+        if ids.size == 0 or ids.min() < 0 or (vocab and ids.max() >= vocab):
+            raise UserError(f"--inputs: token ids must lie in 0..{(vocab or 0) - 1} (the model's vocabulary)")
+        if limit and ids.shape[1] > limit:
+            raise UserError(f"--inputs: {ids.shape[1]} tokens exceed the model's context of {limit}")
+    if ids.shape[1] == 0:
+        raise UserError("--inputs: no tokens")
+    return torch.from_numpy(ids.astype(np.int64))
