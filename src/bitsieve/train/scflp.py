@@ -3,17 +3,23 @@ Input/Output/Weight Skipping", VLSI'20; "PNPU", IEEE SSC-L 2021) -- a RECONSTRUC
 third-party summary (methods.md section 6; confidence low-medium). Every open choice is a parameter of
 ``SCFLPConfig`` with its default documented there.
 
-Pruning during training (every ``interval`` iterations):
+The job fine-tunes one start model (``scflp_models``: the pretrained built-in; for lenet-mnist widened with
+planted near-duplicate filters, because a LeNet trained from scratch has none) several times from the same
+weights and the same data order: dense (no pruning), and with pruning every ``interval`` iterations under each
+coarse step -- stochastic (SCFLP), exhaustive (all pairs) and none (FLP only) -- so the variants differ only in
+the coarse step.
 
 - **FLP** (fine level): per layer, zero the smallest-magnitude weights so the layer reaches the current target
   sparsity; the target ramps from 0 to ``sparsity`` with the cubic schedule of gradual pruning (Zhu & Gupta
-  2017) between ``ramp_start`` and ``ramp_end`` (fractions of training) [U].
+  2017) between ``ramp_start`` and ``ramp_end`` (fractions of training) [U]. The weight sparsity that results
+  is the configured target by construction; it is reported as measured and labelled so.
 - **CLP** (coarse level): output channels whose filters are nearly the same as another channel's (cosine
   similarity above ``threshold``) are redundant; of each such pair the one with the smaller L2 norm is removed
-  (weights and bias masked to zero), at most ``max_channel_frac`` of a layer's channels, never in the last layer.
-- **SCFLP** (stochastic): CLP computes similarities only among a random sample of ``sample`` x (alive
-  channels) channels (at least 2) per layer and pruning step, instead of all pairs; both counts are kept so the
-  saving against exhaustive CLP at the same steps is measured (the abstract: 99.7% less pruning work).
+  (weights and bias masked to zero), at most ``max_channel_frac`` of a layer's channels, never in the last layer;
+  a layer whose budget is used up computes nothing more.
+- **SCFLP** (stochastic): CLP compares only a random sample of ``sample`` x (alive channels) channels (at least
+  2) per layer and pruning step. ``Pruner.similarity`` is the one place similarities are computed and counts
+  them as it computes them, so the two variants' work is measured, not derived from ``sample``.
 
 Adaptive input/output/weight zero skipping (AIOWS), counted on the real tensors of every training iteration:
 for every conv/linear layer and each phase -- FP ``Y = W X``, BP ``dX = W^T dY``, WG ``dW = dY X^T`` -- the MACs
@@ -23,9 +29,11 @@ needed (X = 0 after a ReLU, or padding); WG: zero inputs X, zero dY, or gradient
 split by channel over ``lanes`` cores (16 AIOWS DNN cores); the weight sparsity balancer assigns channels to
 cores by their non-zero weights (longest-processing-time first) at every pruning step -- used when the skipped
 operand is the weights (or WG's pruned gradients), round-robin otherwise -- and a layer phase takes ``max over
-lanes`` of its non-skipped MACs (``lane_time``). The adaptive policy picks, per layer, phase and
-iteration, the operand with the shortest time [I]; fixed policies (always input, weight or output) are reported
-next to it. Speed-up = dense time / adaptive time, per phase and overall.
+lanes`` of its non-skipped MACs (``lane_time``). The **runtime** policy picks, per layer and phase, the operand
+that was fastest in the previous counted iteration (what zero counters on the operand streams measure; before
+any measurement the operand whose zeros the pruning masks fix) [I]. The **oracle** picks the fastest operand of
+the current iteration, which the hardware cannot know: it is reported only as an upper bound, next to the
+fixed policies (always input, weight or output). Speed-up = dense time / policy time, per phase and overall.
 """
 from __future__ import annotations
 
@@ -38,16 +46,23 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from .loop import (Checkpoints, FitConfig, Reporter, accuracy, derive_seed, fit, task_data, trainable_layers)
+from .pnpu_hw import WeightMemory, efficiency
+from .scflp_models import start_model
 
 SOURCE = ("Kim et al. VLSI'20 / PNPU SSC-L'21, reconstructed from the abstracts and a third-party summary: "
           "methods.md section 6 [I, low-medium]")
-CLAIMS = {"pruning_work_saving_pct": 99.7, "aiows_throughput_x": 30.1, "weight_sparsity_pct": 90.0}
+#: the abstracts' figures, each against its own baseline
+CLAIMS = {"pruning_work_saving_pct": 99.7, "aiows_throughput_x": 30.1, "weight_sparsity_pct": 90.0,
+          "tops_per_w": 146.52, "energy_vs_prior_x": 5.79}
 PHASES = ("fp", "bp", "wg")
 #: the operand whose zeros each choice skips, per phase
 OPERANDS = {"fp": ("input", "weight", "output"), "bp": ("input", "weight", "output"),
             "wg": ("input", "error", "output")}
-POLICIES = ("input", "weight", "output")
-WEIGHT_BASED = {("fp", "weight"), ("bp", "weight"), ("wg", "output")}  # zeros that follow the pruning masks  # fixed policies; in WG 'weight' means the error operand dY
+POLICIES = ("input", "weight", "output")  # fixed policies; in WG 'weight' means the error operand dY
+WEIGHT_BASED = {("fp", "weight"), ("bp", "weight"), ("wg", "output")}  # zeros that follow the pruning masks
+#: the runtime policy's choice before it has measured anything: the operand the pruning masks fix
+FIRST_CHOICE = {p: o for p, o in WEIGHT_BASED}
+CLP_VARIANTS = ("stochastic", "exhaustive", "none")
 
 
 # ---- counting skippable MACs ----------------------------------------------------------------------------
@@ -149,27 +164,29 @@ def assign_lanes(load: np.ndarray, lanes: int, balance: bool) -> np.ndarray:
 class SkipCounter:
     """Hooks on every conv/linear layer that count, each training iteration, the MACs zero skipping saves.
 
-    Keeps, per layer and phase, the dense time and the time of every operand choice and of the adaptive choice
-    (``lane_time`` with the current lane assignment), plus the skipped MACs per operand."""
+    Keeps, per layer and phase, the dense time, the time of every fixed operand choice, of the runtime policy
+    (the operand fastest in the previous counted iteration) and of the oracle (fastest now: an upper bound)."""
 
     def __init__(self, module, lanes: int = 16, balance: bool = True, every: int = 1, masks=None, removed=None):
         self.lanes, self.balance, self.every = lanes, balance, max(1, int(every))
         self.layers = trainable_layers(module)
         self.masks = masks if masks is not None else {}
         self.removed = removed if removed is not None else {}
-        self.first = self.layers[0][0] if self.layers else None
         self.iteration = 0
         self.active = False
         self.handles = []
         self.totals = {n: self._empty() for n, _ in self.layers}
+        self.last = {n: dict(FIRST_CHOICE) for n, _ in self.layers}  # the runtime policy's next choice
         self.reassign()
         for name, m in self.layers:
             self.handles.append(m.register_forward_hook(self._fwd(name)))
 
     def _empty(self):
         t = {"dense_macs": {p: 0.0 for p in PHASES}, "dense_time": {p: 0.0 for p in PHASES},
-             "adaptive_time": {p: 0.0 for p in PHASES}, "iterations": 0,
-             "chosen": {p: {o: 0 for o in OPERANDS[p]} for p in PHASES}}
+             "runtime_time": {p: 0.0 for p in PHASES}, "oracle_time": {p: 0.0 for p in PHASES},
+             "iterations": 0, "agree": {p: 0 for p in PHASES},
+             "chosen": {p: {o: 0 for o in OPERANDS[p]} for p in PHASES},
+             "oracle_chosen": {p: {o: 0 for o in OPERANDS[p]} for p in PHASES}}
         for p in PHASES:
             for o in OPERANDS[p]:
                 t[f"{p}.{o}.skipped_macs"] = 0.0
@@ -213,6 +230,8 @@ class SkipCounter:
         return hook
 
     def _add(self, name, c):
+        """One layer's counts of one iteration: the runtime policy pays for the operand it chose from the last
+        iteration's times, then remembers this iteration's fastest for the next."""
         t = self.totals[name]
         t["iterations"] += 1
         for p in PHASES:
@@ -221,62 +240,70 @@ class SkipCounter:
             dense = c["dense"][p]
             t["dense_macs"][p] += float(dense.sum())
             t["dense_time"][p] += lane_time(dense, dlane, self.lanes)
-            best, best_op = math.inf, None
+            times = {}
             for o in OPERANDS[p]:
                 skipped = c[(p, o)]
                 # the balancer's assignment follows weight sparsity, so it serves the choices that skip weight
                 # zeros (and WG's pruned outputs); the others keep the plain round-robin split
-                tm = lane_time(dense - skipped, lane if (p, o) in WEIGHT_BASED else dlane, self.lanes)
+                times[o] = lane_time(dense - skipped, lane if (p, o) in WEIGHT_BASED else dlane, self.lanes)
                 t[f"{p}.{o}.skipped_macs"] += float(skipped.sum())
-                t[f"{p}.{o}.time"] += tm
-                if tm < best:
-                    best, best_op = tm, o
-            t["adaptive_time"][p] += best
-            t["chosen"][p][best_op] += 1
+                t[f"{p}.{o}.time"] += times[o]
+            best = min(OPERANDS[p], key=lambda o: times[o])  # ties: the first operand
+            chosen = self.last[name][p]
+            t["runtime_time"][p] += times[chosen]
+            t["oracle_time"][p] += times[best]
+            t["chosen"][p][chosen] += 1
+            t["oracle_chosen"][p][best] += 1
+            t["agree"][p] += int(times[chosen] == times[best])
+            self.last[name][p] = best
 
     def remove(self):
         for h in self.handles:
             h.remove()
 
     def summary(self) -> dict:
-        """Speed-ups over dense training (same lanes), per phase and overall, adaptive and fixed policies."""
+        """Speed-ups over dense training on the same lanes, per phase and overall: runtime policy, each fixed
+        policy, and the oracle (upper bound)."""
         def ratio(a, b):
             return a / b if b else None  # None (JSON null): a phase a layer never runs (first layer's BP)
 
-        out = {"layers": {}, "phases": {}}
-        for name, t in self.totals.items():
-            out["layers"][name] = {
-                p: {"dense_macs": t["dense_macs"][p],
-                    **{f"skip_frac_{o}": ratio(t[f"{p}.{o}.skipped_macs"], t["dense_macs"][p]) for o in OPERANDS[p]},
-                    "speedup_adaptive": ratio(t["dense_time"][p], t["adaptive_time"][p]),
-                    "chosen": t["chosen"][p]} for p in PHASES}
-        total_dense = total_adapt = 0.0
-        fixed_total = {pol: 0.0 for pol in POLICIES}
-        for p in PHASES:
-            d = sum(t["dense_time"][p] for t in self.totals.values())
-            a = sum(t["adaptive_time"][p] for t in self.totals.values())
-            fixed = {pol: sum(t[f"{p}.{OPERANDS[p][i]}.time"] for t in self.totals.values())
-                     for i, pol in enumerate(POLICIES)}
-            out["phases"][p] = {"dense_time": d, "adaptive_time": a, "speedup_adaptive": ratio(d, a),
-                                **{f"speedup_{pol}_only": ratio(d, f) for pol, f in fixed.items()},
-                                "dense_macs": sum(t["dense_macs"][p] for t in self.totals.values()),
-                                **{f"skip_frac_{o}": ratio(sum(t[f"{p}.{o}.skipped_macs"] for t in self.totals.values()),
-                                                           sum(t["dense_macs"][p] for t in self.totals.values()))
-                                   for o in OPERANDS[p]}}
-            total_dense += d
-            total_adapt += a
-            for pol in POLICIES:
-                fixed_total[pol] += fixed[pol]
-        out["overall"] = {"dense_time": total_dense, "adaptive_time": total_adapt,
-                          "speedup_adaptive": ratio(total_dense, total_adapt),
-                          **{f"speedup_{pol}_only": ratio(total_dense, f) for pol, f in fixed_total.items()}}
+        def block(ts, p):
+            d = sum(t["dense_time"][p] for t in ts)
+            dm = sum(t["dense_macs"][p] for t in ts)
+            fixed = {pol: sum(t[f"{p}.{OPERANDS[p][i]}.time"] for t in ts) for i, pol in enumerate(POLICIES)}
+            n = sum(t["iterations"] for t in ts if t["dense_macs"][p])
+            return {"dense_time": d, "dense_macs": dm,
+                    "runtime_time": sum(t["runtime_time"][p] for t in ts),
+                    "oracle_time": sum(t["oracle_time"][p] for t in ts),
+                    "speedup_runtime": ratio(d, sum(t["runtime_time"][p] for t in ts)),
+                    "speedup_oracle": ratio(d, sum(t["oracle_time"][p] for t in ts)),
+                    **{f"speedup_{pol}_only": ratio(d, f) for pol, f in fixed.items()},
+                    **{f"time_{pol}_only": f for pol, f in fixed.items()},
+                    **{f"skip_frac_{o}": ratio(sum(t[f"{p}.{o}.skipped_macs"] for t in ts), dm)
+                       for o in OPERANDS[p]},
+                    "agreement": ratio(sum(t["agree"][p] for t in ts if t["dense_macs"][p]), n),
+                    "chosen": {o: sum(t["chosen"][p][o] for t in ts if t["dense_macs"][p]) for o in OPERANDS[p]},
+                    "oracle_chosen": {o: sum(t["oracle_chosen"][p][o] for t in ts if t["dense_macs"][p])
+                                      for o in OPERANDS[p]}}
+
+        ts = list(self.totals.values())
+        out = {"layers": {n: {p: block([t], p) for p in PHASES} for n, t in self.totals.items()},
+               "phases": {p: block(ts, p) for p in PHASES},
+               "iterations": max((t["iterations"] for t in ts), default=0)}
+        tot = {k: sum(out["phases"][p][k] for p in PHASES)
+               for k in ("dense_time", "runtime_time", "oracle_time", *(f"time_{pol}_only" for pol in POLICIES))}
+        out["overall"] = {**tot, "speedup_runtime": ratio(tot["dense_time"], tot["runtime_time"]),
+                          "speedup_oracle": ratio(tot["dense_time"], tot["oracle_time"]),
+                          **{f"speedup_{pol}_only": ratio(tot["dense_time"], tot[f"time_{pol}_only"])
+                             for pol in POLICIES}}
         return out
 
     def state(self) -> dict:
-        return {"totals": self.totals}
+        return {"totals": self.totals, "last": self.last}
 
     def load(self, state: dict):
         self.totals = state["totals"]
+        self.last = state["last"]
 
 
 # ---- pruning ------------------------------------------------------------------------------------------------
@@ -285,25 +312,29 @@ class SCFLPConfig:
     """Every open choice of the reconstruction, with its default."""
 
     sparsity: float = 0.9  # final fine-level weight sparsity of every layer (zeros / weights)
-    interval: int = 100  # P: prune every P training iterations
+    interval: int = 20  # P: prune every P training iterations
     ramp_start: float = 0.1  # the sparsity target ramps (cubic) from 0 at this fraction of training ...
     ramp_end: float = 0.6  # ... to `sparsity` at this one, then stays
-    clp: str = "stochastic"  # stochastic | exhaustive | none
+    clp: str = "stochastic"  # the headline coarse step (AIOWS, memory and energy are measured on it)
+    compare: bool = True  # also train the other coarse steps (stochastic, exhaustive, none) from the same start
     sample: float = 0.05  # stochastic CLP: share of a layer's alive channels sampled per pruning step (>= 2)
     threshold: float = 0.9  # cosine similarity above which two filters are redundant
     max_channel_frac: float = 0.5  # CLP removes at most this share of a layer's output channels
+    widen: float = 0.5  # lenet-mnist: share of each hidden layer's channels given a planted duplicate (0: none)
+    noise: float = 0.1  # the duplicates' noise, relative to the filter's RMS (cosine about 1/sqrt(1+noise^2))
     lanes: int = 16  # cores working on one layer (PNPU: 16 AIOWS DNN cores)
     balance: bool = True  # weight sparsity balancer (else channels go round-robin to cores)
     count_every: int = 1  # count skippable MACs every N iterations
-    epochs: int = 10
+    energy_images: int = 16  # test images run through accel/pnpu.py for energy efficiency (0: skip)
+    epochs: int = 2  # fine-tuning epochs from the pretrained start
     batch: int = 64
-    lr: float = 1e-3
+    lr: float = 5e-4
     seed: int = 0
 
     def __post_init__(self):
         if not 0 <= self.sparsity < 1:
             raise UserError("scflp: sparsity must be in [0, 1)")
-        if self.clp not in ("stochastic", "exhaustive", "none"):
+        if self.clp not in CLP_VARIANTS:
             raise UserError(f"scflp: clp must be stochastic, exhaustive or none, got {self.clp!r}")
         if self.interval < 1 or self.lanes < 1 or self.epochs < 1:
             raise UserError("scflp: interval, lanes and epochs must be >= 1")
@@ -311,6 +342,10 @@ class SCFLPConfig:
             raise UserError("scflp: need 0 <= ramp_start <= ramp_end <= 1")
         if not 0 < self.sample <= 1:
             raise UserError("scflp: sample must be in (0, 1]")
+        if not 0 <= self.widen <= 1 or not 0 <= self.noise <= 10:
+            raise UserError("scflp: widen must be in [0, 1] and noise in [0, 10]")
+        if self.energy_images < 0:
+            raise UserError("scflp: energy_images must be >= 0")
 
 
 def target_sparsity(it: int, total: int, cfg: SCFLPConfig) -> float:
@@ -324,15 +359,19 @@ def target_sparsity(it: int, total: int, cfg: SCFLPConfig) -> float:
 
 
 class Pruner:
-    """FLP + (stochastic) CLP masks for every conv/linear layer, applied in place after each optimiser step."""
+    """FLP + CLP (``clp``: stochastic, exhaustive or none) masks for every conv/linear layer, applied in place
+    after each optimiser step; counts the similarity computations it executes and the weight-memory words."""
 
-    def __init__(self, module, cfg: SCFLPConfig, total_iterations: int):
+    def __init__(self, module, cfg: SCFLPConfig, total_iterations: int, clp: str | None = None):
         self.module, self.cfg, self.total = module, cfg, total_iterations
+        self.clp = cfg.clp if clp is None else clp
         self.layers = trainable_layers(module)
         self.masks = {n: torch.ones_like(m.weight) for n, m in self.layers}
         self.removed = {n: torch.zeros(m.weight.shape[0], dtype=torch.bool) for n, m in self.layers}
-        self.sim = {"computed": 0, "exhaustive": 0, "computed_macs": 0, "exhaustive_macs": 0, "steps": 0,
-                    "channels_removed": 0}
+        self.removed_at = {n: torch.full((m.weight.shape[0],), -1, dtype=torch.int64) for n, m in self.layers}
+        self.sim = {"computed": 0, "computed_macs": 0, "steps": 0, "channels_removed": 0}
+        self.max_sim = {n: -1.0 for n, _ in self.layers[:-1]}
+        self.memory = WeightMemory(self.layers, self.masks)
 
     # the masks are applied after every step so pruned weights stay exactly zero
     def apply(self):
@@ -348,9 +387,11 @@ class Pruner:
         if s <= 0:
             return
         self.sim["steps"] += 1
-        if self.cfg.clp != "none":
+        before = {n: m.clone() for n, m in self.masks.items()}
+        clp_read = 0
+        if self.clp != "none":
             for name, m in self.layers[:-1]:  # never the classifier
-                self._clp(name, m, it)
+                clp_read += self._clp(name, m, it)
         for name, m in self.layers:
             w = (m.weight.detach() * self.masks[name]).abs().flatten()
             n_zero = int(round(s * w.numel()))
@@ -360,37 +401,40 @@ class Pruner:
                 mask[order[:n_zero]] = 0
                 self.masks[name] = mask.reshape(m.weight.shape)
         self.apply()
+        self.memory.prune_step(before, self.masks, clp_read)
 
-    def _clp(self, name, m, it):
+    def similarity(self, w: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of the filter pairs (w[a[k]], w[b[k]]): the only place CLP computes similarities,
+        so the counter here reads what was executed."""
+        wa, wb = w[a], w[b]
+        vals = (wa * wb).sum(dim=1) / (wa.norm(dim=1) * wb.norm(dim=1)).clamp_min(1e-30)
+        self.sim["computed"] += int(vals.numel())
+        self.sim["computed_macs"] += int(vals.numel()) * int(w.shape[1])
+        return vals
+
+    def _clp(self, name, m, it) -> int:
+        """Coarse step on one layer; returns the weight words it read (the compared filters' stored weights)."""
         O = m.weight.shape[0]
+        budget = int(self.cfg.max_channel_frac * O) - int(self.removed[name].sum())
         alive = torch.nonzero(~self.removed[name]).flatten()
         A = len(alive)
-        fan_in = m.weight[0].numel()
-        self.sim["exhaustive"] += A * (A - 1) // 2
-        self.sim["exhaustive_macs"] += A * (A - 1) // 2 * fan_in
-        budget = int(self.cfg.max_channel_frac * O) - int(self.removed[name].sum())
-        if A < 2:
-            return
-        if self.cfg.clp == "stochastic":
+        if budget <= 0 or A < 2:
+            return 0
+        if self.clp == "stochastic":
             S = min(A, max(2, math.ceil(self.cfg.sample * A)))
             rng = np.random.default_rng(derive_seed(self.cfg.seed, "clp", name, it))
             cand = alive[torch.from_numpy(np.sort(rng.choice(A, size=S, replace=False)))]
         else:
             cand = alive
-        S = len(cand)
-        self.sim["computed"] += S * (S - 1) // 2
-        self.sim["computed_macs"] += S * (S - 1) // 2 * fan_in
-        if budget <= 0:
-            return
         w = (m.weight.detach() * self.masks[name]).reshape(O, -1)[cand].to(torch.float64)
+        iu = torch.triu_indices(len(cand), len(cand), 1)
+        vals = self.similarity(w, iu[0], iu[1])
+        self.max_sim[name] = max(self.max_sim[name], float(vals.max()))
         norm = w.norm(dim=1)
-        sim = (w @ w.T) / (norm[:, None] * norm[None, :]).clamp_min(1e-30)
-        iu = torch.triu_indices(S, S, 1)
-        vals = sim[iu[0], iu[1]]
-        order = torch.argsort(-vals, stable=True)
+        above = torch.nonzero(vals > self.cfg.threshold).flatten()
         gone = set()
-        for j in order.tolist():
-            if vals[j] <= self.cfg.threshold or budget <= 0:
+        for j in above[torch.argsort(-vals[above], stable=True)].tolist():  # most similar pairs first
+            if budget <= 0:
                 break
             a, b = int(iu[0][j]), int(iu[1][j])
             if a in gone or b in gone:
@@ -399,18 +443,25 @@ class Pruner:
             gone.add(drop)
             ch = int(cand[drop])
             self.removed[name][ch] = True
+            self.removed_at[name][ch] = it
             self.masks[name][ch] = 0
             self.sim["channels_removed"] += 1
             budget -= 1
+        return int((w != 0).sum())
 
     def state(self) -> dict:
         return {"masks": {k: v.clone() for k, v in self.masks.items()},
-                "removed": {k: v.clone() for k, v in self.removed.items()}, "sim": dict(self.sim)}
+                "removed": {k: v.clone() for k, v in self.removed.items()},
+                "removed_at": {k: v.clone() for k, v in self.removed_at.items()},
+                "sim": dict(self.sim), "max_sim": dict(self.max_sim), "memory": self.memory.state()}
 
     def load(self, st: dict):
         self.masks = {k: v.clone() for k, v in st["masks"].items()}
         self.removed = {k: v.clone() for k, v in st["removed"].items()}
+        self.removed_at = {k: v.clone() for k, v in st["removed_at"].items()}
         self.sim = {k: int(v) for k, v in st["sim"].items()}
+        self.max_sim = {k: float(v) for k, v in st["max_sim"].items()}
+        self.memory.load(st["memory"])
 
     def sparsity(self) -> dict:
         per = {n: float((m.weight.detach() == 0).double().mean()) for n, m in self.layers}
@@ -421,24 +472,16 @@ class Pruner:
 
 
 # ---- the job ------------------------------------------------------------------------------------------------
-def fresh_model(model_name: str, seed: int):
-    """The built-in architecture with a seeded random initialisation (training from scratch; the pretrained
-    weights are not read)."""
-    from ..zoo import lenet, mtcnn
-
-    arch = {"lenet-mnist": lenet.LeNet, **{f"mtcnn-{k}": v for k, v in mtcnn.NETS.items()}}
-    if model_name not in arch:
-        raise UserError(f"scflp trains from scratch and knows the architectures of {', '.join(arch)}; "
-                        f"got {model_name!r}")
-    torch.manual_seed(derive_seed(seed, "init"))
-    return arch[model_name]().float().train()
+def variants(cfg: SCFLPConfig) -> tuple:
+    """The trained variants: dense, the headline coarse step, and (with ``compare``) the other coarse steps."""
+    return ("dense", cfg.clp) + (tuple(v for v in CLP_VARIANTS if v != cfg.clp) if cfg.compare else ())
 
 
 def run(model_name: str, cfg: SCFLPConfig, out_dir=None, resume: bool = False, force: bool = False,
         progress: bool = True, train_limit: int | None = None, test_limit: int | None = None,
         val_size: int | None = None, stop_after: int | None = None) -> dict:
-    """Train from scratch twice with the same seed -- dense, and with SCFLP pruning + AIOWS counting -- one
-    stage per epoch, checkpointed (weights, optimiser, masks, counters)."""
+    """Fine-tune the start model once per variant (``variants``) from the same weights and data order, one stage
+    per epoch, checkpointed (weights, optimiser, masks, counters)."""
     data = task_data(model_name, cfg.seed, train_limit=train_limit, val_size=val_size, test_limit=test_limit)
     config = {"method": "scflp", "model": model_name, **asdict(cfg), "train_limit": train_limit,
               "test_limit": test_limit, "val_size": val_size}
@@ -454,15 +497,18 @@ def run(model_name: str, cfg: SCFLPConfig, out_dir=None, resume: bool = False, f
 
     out = {}
     with Reporter(progress) as rep:
-        rep.note(f"[bold]scflp[/] {model_name}: {data.note}; {cfg.epochs} epochs from scratch, "
-                 f"prune every {cfg.interval} iterations to {100 * cfg.sparsity:.0f}%, CLP {cfg.clp}")
-        for variant in ("dense", "scflp"):
-            module = fresh_model(model_name, cfg.seed)
+        rep.note(f"[bold]scflp[/] {model_name}: {data.note}; {cfg.epochs} epochs of fine-tuning per variant "
+                 f"({', '.join(variants(cfg))}), prune every {cfg.interval} iterations to {100 * cfg.sparsity:.0f}%")
+        for variant in variants(cfg):
+            module, planted = start_model(model_name, cfg.widen, cfg.noise, cfg.seed)
+            if not out:
+                out["start"] = {"accuracy": accuracy(module, data.x_test, data.y_test, data.logprob),
+                                "planted": planted, "widths": {n: int(m.weight.shape[0])
+                                                               for n, m in trainable_layers(module)}}
             opt = torch.optim.Adam(module.parameters(), lr=cfg.lr)
-            pruner = Pruner(module, cfg, total) if variant == "scflp" else None
-            counter = SkipCounter(module, cfg.lanes, cfg.balance, cfg.count_every,
-                                  pruner.masks if pruner else {}, pruner.removed if pruner else {}) \
-                if variant == "scflp" else None
+            pruner = None if variant == "dense" else Pruner(module, cfg, total, clp=variant)
+            counter = SkipCounter(module, cfg.lanes, cfg.balance, cfg.count_every, pruner.masks, pruner.removed) \
+                if variant == cfg.clp else None
             info = None
             for epoch in range(1, cfg.epochs + 1):
                 name = f"{variant}/epoch{epoch}"
@@ -471,20 +517,24 @@ def run(model_name: str, cfg: SCFLPConfig, out_dir=None, resume: bool = False, f
                 def after_step(it, pruner=pruner, counter=counter):
                     if pruner is None:
                         return
+                    pruner.memory.iteration()
                     if it % cfg.interval == 0:
                         pruner.prune(it)
-                        counter.masks, counter.removed = pruner.masks, pruner.removed
-                        counter.reassign()
+                        if counter is not None:
+                            counter.masks, counter.removed = pruner.masks, pruner.removed
+                            counter.reassign()
                     else:
                         pruner.apply()
-                    counter.step(it + 1)
+                    if counter is not None:
+                        counter.step(it + 1)
 
-                def run_epoch(name=name, step0=step0, module=module, opt=opt, pruner=pruner, counter=counter,
+                def run_epoch(step0=step0, epoch=epoch, module=module, opt=opt, pruner=pruner, counter=counter,
                               after_step=after_step):
                     if counter is not None:
                         counter.step(step0 + 1)
+                    # the stage given to fit sets the data order: the same for every variant
                     h = fit(module, data, FitConfig(steps=per_epoch, batch=cfg.batch, lr=cfg.lr), seed=cfg.seed,
-                            stage=name, after_step=after_step, progress=rep, optimizer=opt, step0=step0)
+                            stage=f"epoch{epoch}", after_step=after_step, progress=rep, optimizer=opt, step0=step0)
                     val = accuracy(module, data.x_val, data.y_val, data.logprob)
                     test = accuracy(module, data.x_test, data.y_test, data.logprob)
                     payload = {"model": {k: v.detach().clone() for k, v in module.state_dict().items()},
@@ -492,10 +542,11 @@ def run(model_name: str, cfg: SCFLPConfig, out_dir=None, resume: bool = False, f
                     info = {**h, "epoch": epoch, "val": val, "test": test}
                     if pruner is not None:
                         payload["pruner"] = pruner.state()
-                        payload["counter"] = counter.state()
                         sp = pruner.sparsity()
-                        info.update({"weight_sparsity": sp["total"], "layer_sparsity": sp["layers"],
-                                     "channels_removed": sp["channels_removed"], "similarity": dict(pruner.sim)})
+                        info.update({"weight_sparsity": sp["total"], "channels_removed": sp["channels_removed"],
+                                     "similarity": dict(pruner.sim)})
+                    if counter is not None:
+                        payload["counter"] = counter.state()
                     return payload, info
 
                 def restore(t, module=module, opt=opt, pruner=pruner, counter=counter):
@@ -503,6 +554,7 @@ def run(model_name: str, cfg: SCFLPConfig, out_dir=None, resume: bool = False, f
                     opt.load_state_dict(t["optimizer"])
                     if pruner is not None:
                         pruner.load(t["pruner"])
+                    if counter is not None:
                         counter.load(t["counter"])
                         counter.masks, counter.removed = pruner.masks, pruner.removed
                         counter.reassign()
@@ -510,56 +562,207 @@ def run(model_name: str, cfg: SCFLPConfig, out_dir=None, resume: bool = False, f
                 info = ck.stage(name, run_epoch, restore)
                 if name in ck.ran:
                     killed_check()
-                extra = (f"  weight sparsity {100 * info['weight_sparsity']:.1f}%"
-                         if "weight_sparsity" in info else "")
+                extra = (f"  weight sparsity {100 * info['weight_sparsity']:.1f}%  channels removed "
+                         f"{sum(info['channels_removed'].values())}" if "weight_sparsity" in info else "")
                 rep.note(f"{name}: loss {info['loss']:.4f}  val {info['val']:.2f}%  test {info['test']:.2f}%{extra}")
-            out[variant] = {"info": info, "module": module, "pruner": pruner, "counter": counter}
             if counter is not None:
                 counter.remove()
-    result = summarise(model_name, cfg, out, data.note, ck)
+            out[variant] = {"info": info, "module": module, "pruner": pruner, "counter": counter}
+    pnpu = {}
+    if cfg.energy_images:
+        x = data.x_test[:cfg.energy_images]
+        pnpu = {"dense-trained": efficiency(out["dense"]["module"], x), "scflp": efficiency(out[cfg.clp]["module"], x)}
+    result = summarise(model_name, cfg, out, data, ck, pnpu)
     ck.write_json("result.json", result)
     return result
 
 
-def summarise(model_name: str, cfg: SCFLPConfig, out: dict, note: str, ck: Checkpoints) -> dict:
-    from .. import results
+def planted_outcome(removed: dict, planted: dict) -> dict:
+    """Of the planted duplicate pairs: how many lost exactly one channel, both, or none; and how many removed
+    channels are in no planted pair."""
+    o = {"pairs": 0, "one_removed": 0, "both_removed": 0, "missed": 0, "outside_pairs": 0}
+    for layer, r in removed.items():
+        pairs = torch.tensor(planted.get(layer, []), dtype=torch.int64).reshape(-1, 2)
+        hits = r[pairs].sum(dim=1)
+        in_pair = torch.zeros_like(r)
+        in_pair[pairs.flatten()] = True
+        o["pairs"] += len(pairs)
+        o["one_removed"] += int((hits == 1).sum())
+        o["both_removed"] += int((hits == 2).sum())
+        o["missed"] += int((hits == 0).sum())
+        o["outside_pairs"] += int((r & ~in_pair).sum())
+    return o
 
-    dense, sc = out["dense"]["info"], out["scflp"]["info"]
-    pruner, counter = out["scflp"]["pruner"], out["scflp"]["counter"]
-    sim = pruner.sim
-    saving = 1.0 - sim["computed"] / sim["exhaustive"] if sim["exhaustive"] else float("nan")
-    saving_macs = 1.0 - sim["computed_macs"] / sim["exhaustive_macs"] if sim["exhaustive_macs"] else float("nan")
-    sk = counter.summary()
-    sp = pruner.sparsity()
+
+def agreement(a: dict, b: dict) -> dict:
+    """Which channels two variants removed: in both, only in the first, only in the second; Jaccard index."""
+    both = sum(int((a[n] & b[n]).sum()) for n in a)
+    only_a = sum(int((a[n] & ~b[n]).sum()) for n in a)
+    only_b = sum(int((~a[n] & b[n]).sum()) for n in a)
+    union = both + only_a + only_b
+    return {"both": both, "only_first": only_a, "only_second": only_b, "jaccard": both / union if union else None}
+
+
+def summarise(model_name: str, cfg: SCFLPConfig, out: dict, data, ck: Checkpoints, pnpu: dict) -> dict:
+    from .. import results
+    from ..stats import wilson
+
+    n_test = len(data.x_test)
+    planted = out["start"]["planted"]
+    vres = {}
+    for v in variants(cfg):
+        info, pruner = out[v]["info"], out[v]["pruner"]
+        k = int(round(info["test"] * n_test / 100.0))
+        lo, hi = wilson(k, n_test)
+        d = {"accuracy": info["test"], "accuracy_ci": [100 * lo, 100 * hi], "n_test": n_test,
+             "val_accuracy": info["val"]}
+        if pruner is not None:
+            sp = pruner.sparsity()
+            structured = sum(int(r.sum()) * pruner.masks[n][0].numel() for n, r in pruner.removed.items())
+            d.update({"weight_sparsity": sp["total"], "layer_sparsity": sp["layers"],
+                      "structured_zero_frac": structured / sum(m.numel() for m in pruner.masks.values()),
+                      "channels_removed": sp["channels_removed"], "channels_removed_total": pruner.sim["channels_removed"],
+                      "removed": {n: torch.nonzero(r).flatten().tolist() for n, r in pruner.removed.items()},
+                      "removed_at": {n: [int(x) for x in t[t >= 0].tolist()] for n, t in pruner.removed_at.items()},
+                      "similarity_computations": pruner.sim["computed"],
+                      "similarity_macs": pruner.sim["computed_macs"], "pruning_steps": pruner.sim["steps"],
+                      "max_similarity": dict(pruner.max_sim), "planted": planted_outcome(pruner.removed, planted),
+                      "weight_memory": pruner.memory.summary()})
+        vres[v] = d
+    agree = None
+    if "stochastic" in out and "exhaustive" in out:
+        agree = agreement(out["stochastic"]["pruner"].removed, out["exhaustive"]["pruner"].removed)
+        s, e = vres["stochastic"]["similarity_computations"], vres["exhaustive"]["similarity_computations"]
+        agree["computation_saving"] = 1.0 - s / e if e else None
+    sk = out[cfg.clp]["counter"].summary()
+    head = vres[cfg.clp]
     method = f"scflp:sparsity={cfg.sparsity},interval={cfg.interval},clp={cfg.clp},sample={cfg.sample}"
-    rows = [results.row(model_name, "*", "accuracy", dense["test"], method="dense-training"),
-            results.row(model_name, "*", "accuracy", sc["test"], method=method),
-            results.row(model_name, "*", "zero_value_frac", sp["total"], method=method),
-            results.row(model_name, "*", "clp_similarity_saving", saving, method=method),
-            results.row(model_name, "*", "clp_similarity_computations", sim["computed"], method=method),
-            results.row(model_name, "*", "clp_similarity_computations_exhaustive", sim["exhaustive"], method=method)]
-    for name, s in sp["layers"].items():
-        rows.append(results.row(model_name, name, "zero_value_frac", s, method=method))
+    rows = []
+    for v, d in vres.items():
+        m = "dense-training" if v == "dense" else f"scflp:clp={v},sparsity={cfg.sparsity},interval={cfg.interval}"
+        rows.append(results.row(model_name, "*", "accuracy", d["accuracy"], method=m))
+        if v != "dense":
+            rows += [results.row(model_name, "*", "zero_value_frac", d["weight_sparsity"], method=m),
+                     results.row(model_name, "*", "clp_channels_removed", d["channels_removed_total"], method=m),
+                     results.row(model_name, "*", "clp_similarity_computations", d["similarity_computations"],
+                                 method=m)]
     for p, d in sk["phases"].items():
-        rows.append(results.row(model_name, "*", f"speedup_{p}", d["speedup_adaptive"], method=method, accel="pnpu"))
-    rows.append(results.row(model_name, "*", "speedup", sk["overall"]["speedup_adaptive"], method=method,
+        rows.append(results.row(model_name, "*", f"speedup_{p}", d["speedup_runtime"], method=method, accel="pnpu"))
+    rows.append(results.row(model_name, "*", "speedup", sk["overall"]["speedup_runtime"], method=method,
                             accel="pnpu"))
-    for name, lp in sk["layers"].items():
-        for p, d in lp.items():
-            if d["dense_macs"]:
-                rows.append(results.row(model_name, name, f"speedup_{p}", d["speedup_adaptive"], method=method,
-                                        accel="pnpu"))
+    rows.append(results.row(model_name, "*", "speedup_oracle_upper_bound", sk["overall"]["speedup_oracle"],
+                            method=method, accel="pnpu"))
+    if head["weight_memory"]["saved_frac"] is not None:
+        rows.append(results.row(model_name, "*", "weight_memory_access_saving", head["weight_memory"]["saved_frac"],
+                                method=method, accel="pnpu"))
+    if pnpu:
+        rows.append(results.row(model_name, "*", "tops_per_w", pnpu["scflp"]["pnpu"]["tops_per_w"], method=method,
+                                accel="pnpu", format=pnpu["scflp"]["format"]))
     return {
-        "method": "scflp", "source": SOURCE, "model": model_name, "data": note, "config": asdict(cfg),
-        "dense": {"accuracy": dense["test"], "val_accuracy": dense["val"]},
-        "scflp": {"accuracy": sc["test"], "val_accuracy": sc["val"], "weight_sparsity": sp["total"],
-                  "layer_sparsity": sp["layers"], "channels_removed": sp["channels_removed"]},
-        "accuracy_drop": dense["test"] - sc["test"],
-        "pruning_work": {**sim, "saving": saving, "saving_macs": saving_macs},
-        "zero_skipping": sk, "claims": CLAIMS,
+        "method": "scflp", "source": SOURCE, "model": model_name, "data": data.note, "config": asdict(cfg),
+        "start": out["start"], "variants": vres, "headline": cfg.clp, "agreement": agree,
+        "zero_skipping": sk, "pnpu_efficiency": pnpu, "claims": CLAIMS,
         "stages_run": list(ck.ran), "stages_loaded": list(ck.loaded), "rows": rows,
     }
 
 
-__all__ = ["SCFLPConfig", "Pruner", "SkipCounter", "skip_counts", "lane_time", "assign_lanes", "run",
-           "target_sparsity"]
+# ---- what the CLI prints ------------------------------------------------------------------------------------
+def _f(x, fmt="{:.2f}"):
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+
+
+NAMES = {"dense": "dense (no pruning)", "stochastic": "stochastic CLP (SCFLP)", "exhaustive": "exhaustive CLP",
+         "none": "no CLP (FLP only)"}
+
+
+def render(r: dict) -> list:
+    """The run's tables and notes for the terminal: strings and ``rich`` tables, in print order."""
+    from rich.table import Table
+
+    cfg, st, vs = r["config"], r["start"], r["variants"]
+    out = [f"[bold]SCFLP on {r['model']}[/] -- reconstruction from the abstracts (Kim et al. VLSI'20 / PNPU); "
+           f"{r['data']}"]
+    n_pl = sum(len(p) for p in st["planted"].values())
+    widths = ", ".join(f"{k} {v}" for k, v in st["widths"].items())
+    out.append(f"start: the pretrained model" + (f" widened with {n_pl} planted near-duplicate filters (Net2Wider, "
+                                                f"noise {cfg['noise']}; widths {widths})" if n_pl else "")
+               + f", test accuracy {st['accuracy']:.2f}% before fine-tuning; every variant fine-tunes "
+               f"{cfg['epochs']} epochs from it on the same data order")
+    t = Table(title=f"coarse step on the same start: prune every {cfg['interval']} iterations, cosine > "
+                    f"{cfg['threshold']}, stochastic sample {cfg['sample']}")
+    for col in ("variant", "channels removed", "planted pairs: one / both / missed", "removed outside pairs",
+                "similarity computations", "acc % [95% CI]", "n", "weight sparsity %"):
+        t.add_column(col, justify="left" if col == "variant" else "right", no_wrap=col == "variant")
+    for v, d in vs.items():
+        if v == "dense":
+            t.add_row(NAMES[v], "-", "-", "-", "-", f"{d['accuracy']:.2f} [{d['accuracy_ci'][0]:.2f}, "
+                      f"{d['accuracy_ci'][1]:.2f}]", str(d["n_test"]), "-")
+            continue
+        p = d["planted"]
+        t.add_row(NAMES[v], str(d["channels_removed_total"]),
+                  f"{p['one_removed']} / {p['both_removed']} / {p['missed']} of {p['pairs']}" if p["pairs"] else "-",
+                  str(p["outside_pairs"]), f"{d['similarity_computations']:,}",
+                  f"{d['accuracy']:.2f} [{d['accuracy_ci'][0]:.2f}, {d['accuracy_ci'][1]:.2f}]", str(d["n_test"]),
+                  f"{100 * d['weight_sparsity']:.1f}")
+    out.append(t)
+    a = r["agreement"]
+    if a:
+        out.append(f"stochastic vs exhaustive: {_f(100 * a['computation_saving'] if a['computation_saving'] is not None else None)}% "
+                   f"fewer similarity computations, as executed (paper: {r['claims']['pruning_work_saving_pct']}% "
+                   f"less pruning work than its previous WP algorithm); channels removed by both {a['both']}, only "
+                   f"stochastic {a['only_first']}, only exhaustive {a['only_second']} (Jaccard {_f(a['jaccard'])})")
+    h = vs[r["headline"]]
+    out.append(f"weight sparsity {100 * h['weight_sparsity']:.1f}% measured = the configured target "
+               f"{100 * cfg['sparsity']:.0f}% (FLP prunes every layer to it by construction); of all weights "
+               f"{100 * h['structured_zero_frac']:.1f}% sit in channels CLP removed")
+    sk = r["zero_skipping"]
+    t = Table(title=f"AIOWS on a PNPU lane model ({cfg['lanes']} cores, balancer {'on' if cfg['balance'] else 'off'}), "
+                    f"{NAMES[r['headline']]}, {sk['iterations']} training iterations: speed-up over dense training")
+    for col in ("policy", "FP  Y = W X", "BP  dX = W^T dY", "WG  dW = dY X^T", "overall"):
+        t.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
+    pols = [("runtime (previous iteration's best)", "speedup_runtime"),
+            *((f"{pol} only", f"speedup_{pol}_only") for pol in POLICIES),
+            ("oracle (upper bound)", "speedup_oracle")]
+    for label, key in pols:
+        t.add_row(label, *(_f(sk["phases"][p][key], "{:.2f}x") for p in PHASES), _f(sk["overall"][key], "{:.2f}x"),
+                  style="bold" if key == "speedup_runtime" else ("dim" if key == "speedup_oracle" else None))
+    out.append(t)
+    out.append("runtime choice = oracle's in " + ", ".join(
+        f"{p.upper()} {_f(100 * sk['phases'][p]['agreement'] if sk['phases'][p]['agreement'] is not None else None, '{:.1f}')}%"
+        for p in PHASES) + " of layer-iterations. Operands: FP input = zero X; BP input = zero dY, output = dX not "
+        "needed; WG 'weight' column = zero dY, output = gradients of pruned weights. Paper: 30.1x throughput over "
+        "a prior learning processor [1] -- a different baseline (a whole chip), not dense training on the same lanes")
+    m = h["weight_memory"]
+    t = Table(title="weight memory (words, non-zero weights, from the real masks): separate pruning unit vs "
+                    "PNPU's weight-memory-shared pruning unit [I]")
+    t.add_column("accesses", justify="left")
+    t.add_column("words", justify="right")
+    for label, key in (("training (FP, BP reads; WG read + write)", "train"), ("pruning: FLP scan reads", "prune_flp_read"),
+                       ("pruning: CLP filter reads", "prune_clp_read"), ("pruning: write-back of new zeros", "prune_write"),
+                       ("separate pruning unit: total", "separate_unit_total"),
+                       ("shared pruning unit: total", "shared_unit_total")):
+        t.add_row(label, f"{m[key]:,}")
+    out.append(t)
+    out.append(f"the shared pruning unit saves {m['saved']:,} weight-memory words, "
+               f"{_f(100 * m['saved_frac'] if m['saved_frac'] is not None else None, '{:.2f}')}% of the separate "
+               f"unit's total (the share follows mostly from pruning every {cfg['interval']} iterations)")
+    e = r["pnpu_efficiency"]
+    if e:
+        t = Table(title=f"inference energy efficiency from accel/pnpu.py ({e['scflp']['format']}, "
+                        f"{e['scflp']['images']} test images; PE array + SRAM + DRAM at the toolkit's 28 nm basis)")
+        for col in ("network", "design", "TOPS/W", "TOPS/W compute only", "zero-skipping speed-up"):
+            t.add_column(col, justify="left" if col in ("network", "design") else "right")
+        for net in ("dense-trained", "scflp"):
+            for acc in ("dense", "pnpu"):
+                x = e[net][acc]
+                t.add_row(net, acc, _f(x["tops_per_w"], "{:.3g}"), _f(x["tops_per_w_compute"], "{:.3g}"),
+                          _f(e[net]["skip_speedup"], "{:.2f}x") if acc == "pnpu" else "-")
+        out.append(t)
+        out.append(f"paper (abstracts, different baselines): {r['claims']['tops_per_w']} TOPS/W for the chip "
+                   f"(VLSI'20; learning, sparsity and precision not stated), {r['claims']['energy_vs_prior_x']}x "
+                   f"the efficiency and {r['claims']['aiows_throughput_x']}x the throughput of a prior learning "
+                   f"processor [1]; not comparable one to one with an inference model against a dense design")
+    return out
+
+__all__ = ["SCFLPConfig", "Pruner", "SkipCounter", "skip_counts", "lane_time", "assign_lanes", "run", "render",
+           "target_sparsity", "variants", "planted_outcome", "agreement"]
