@@ -1,18 +1,13 @@
-"""Where training meets the accelerator models of ``bitsieve.accel``: a target BSA's lane groups (which weights
-run in lock-step) and the cycles of a layer from the integer weights a training method produced.
+"""Where training meets the accelerator registry (``bitsieve.accel.ACCELERATORS``): a design's lane groups
+(which weights run in lock-step) and the cycles of a layer from the integer weights a training method produced.
 
-The integers are packed exactly as the accelerator packs weights (``tiling.layout`` + ``tiling.pack_lanes``)
-but without re-quantising them: a pruned channel whose largest magnitude dropped (127 -> 96) must keep its bits,
-which a fresh ``max|w| / 127`` scale would scramble.
-
-Targets: ``laconic``, ``bitlet`` and ``bitwave`` are the registry's models, run as they are. The registry's
-``pragmatic`` is DNNsim's *activation*-serial design, whose cycles do not depend on weight bits at all, so the
-BitPruner target ``pragmatic`` is the weight-serial reading of methods.md 5.2 / 7.2 (BitSim's weight-serial
-Pragmatic): the registry's own Pragmatic brick rule (DNNsim two-stage shifter, Booth-like terms,
-``accel.pragmatic.brick_cost``) applied to each filter's weight bricks of ``lanes`` lanes, and the registry's
-weight-serial tiling (``tiling.bitsim_tiles``: a tile waits for the slowest of its ``rows`` filters and repeats
-for every block of ``columns`` output pixels). Activations of the laconic model are captured from the original
-built-in on ``act_samples`` real inputs, the same for every variant, so only the weights change.
+Every design is the registry's model, run as it is: the weight-serial Pragmatic that BitPruner targets is the
+registered ``pragmatic-ws`` (BitSim's rule), Stripes and the DNNsim Pragmatic are activation-serial and get no
+weights at all (their cycles cannot depend on them). The integers are packed exactly as the accelerator packs
+weights (``tiling.layout`` + ``tiling.pack_lanes``) but without re-quantising them: a pruned channel whose
+largest magnitude dropped (127 -> 96) must keep its bits, which a fresh ``max|w| / 127`` scale would scramble.
+Activations of activation-reading designs are captured from the original built-in on ``act_samples`` real
+inputs, the same for every variant, so only the weights change.
 """
 from __future__ import annotations
 
@@ -23,45 +18,33 @@ import numpy as np
 from .. import formats
 from ..errors import UserError
 
-#: BitPruner targets and the balance group of each (lanes that wait for each other); the layout is the
-#: accelerator's. BitWave's packing unit is 8 lanes but its BitSim dataflows run 32-lane groups.
-BALANCE_GROUP = {"pragmatic": None, "laconic": None, "bitlet": None, "bitwave": 32}
-
-
-def available(target: str) -> bool:
-    try:
-        from ..accel import ACCELERATORS
-    except ImportError:
-        return False
-    return target in ACCELERATORS
+#: balance group of a target (lanes that wait for each other) where it is not the design's packing group:
+#: BitWave's packing unit is 8 lanes but its BitSim dataflows run 32-lane groups.
+BALANCE_GROUP = {"bitwave": 32}
 
 
 class Target:
-    """One target accelerator for one built-in model: per-layer workloads, lane layouts, cycles."""
+    """One registered design for one built-in model and format: per-layer workloads, lane layouts, cycles."""
 
-    def __init__(self, model_name: str, target: str, fmt: formats.Format, act_samples: int = 1):
+    def __init__(self, model_name: str, design: str, fmt: formats.Format, act_samples: int = 1):
         from .. import model as model_mod
-        from ..accel import ACCELERATORS, tiling
+        from ..accel import get, tiling
 
-        if target not in ACCELERATORS:
-            raise UserError(f"unknown target accelerator {target!r}")
-        self.name, self.fmt, self.tiling = target, fmt, tiling
-        self.acc = ACCELERATORS[target]
+        self.acc = get(design)
+        self.name, self.fmt, self.tiling = self.acc.name, fmt, tiling
         self.cfg = self.acc.configure()
         self.cfg["format"] = fmt.name
         self.acc.check_format(fmt, self.cfg)
-        self.weight_serial_pragmatic = target == "pragmatic"
-        needs_acts = self.acc.needs_activations and not self.weight_serial_pragmatic
-        m = model_mod.load(model_name, activations=act_samples if needs_acts else 0)
+        reads = self.acc.reads_activations(self.cfg, fmt)
+        m = model_mod.load(model_name, activations=act_samples if reads else 0)
         self.workloads = {layer.name: tiling.from_layer(layer) for layer in m.layers
                           if layer.kind in ("conv", "linear")}
+        self.reads_weights = all(self.acc.weight_spec(self.cfg, fmt, wl) is not None
+                                 for wl in self.workloads.values())
 
     def spec(self, name: str):
-        """(lane group, layout mode) the accelerator packs this layer's weights in."""
-        wl = self.workloads[name]
-        if self.weight_serial_pragmatic:
-            return int(self.cfg["lanes"]), "channel"
-        s = self.acc.weight_spec(self.cfg, self.fmt, wl)
+        """(lane group, layout mode) the design packs this layer's weights in."""
+        s = self.acc.weight_spec(self.cfg, self.fmt, self.workloads[name])
         if s is None:
             raise UserError(f"{self.name} does not read weight bits; it cannot be a BitPruner target")
         return int(s.group), s.layout
@@ -73,17 +56,12 @@ class Target:
     def cycles(self, name: str, ints: np.ndarray) -> float:
         """Cycles of one layer whose weights are the integers ``ints`` (the layer's weight shape)."""
         wl = self.workloads[name]
-        G, mode = self.spec(name)
-        lay = self.tiling.layout(wl, G, mode)
-        vals = gather(np.asarray(ints, dtype=np.int64).reshape(wl.out_ch, -1), lay, wl.taps)
-        wp = self.tiling.pack_lanes(vals, self.fmt)
-        if self.weight_serial_pragmatic:
-            from ..accel.pragmatic import brick_cost
-
-            cost, _ = brick_cost(wp.magnitudes().astype(np.int64), self.cfg, self.fmt.nbits)
-            t, rep = self.tiling.bitsim_tiles(cost.reshape(wl.out_ch, lay.J).astype(np.float64), wl,
-                                              int(self.cfg["rows"]), int(self.cfg["columns"]))
-            return float(t.sum()) * rep
+        wp = None
+        if self.reads_weights:
+            G, mode = self.spec(name)
+            lay = self.tiling.layout(wl, G, mode)
+            vals = gather(np.asarray(ints, dtype=np.int64).reshape(wl.out_ch, -1), lay, wl.taps)
+            wp = self.tiling.pack_lanes(vals, self.fmt)
         ap = None
         aspec = self.acc.act_spec(self.cfg, self.fmt, wl)
         if aspec is not None:
@@ -107,6 +85,6 @@ def scatter(vals: np.ndarray, lay, taps: int, size: int) -> np.ndarray:
     return out
 
 
-@lru_cache(maxsize=8)
-def target(model_name: str, name: str, fmt_name: str, act_samples: int = 1) -> Target:
-    return Target(model_name, name, formats.get(fmt_name), act_samples)
+@lru_cache(maxsize=16)
+def target(model_name: str, design: str, fmt_name: str, act_samples: int = 1) -> Target:
+    return Target(model_name, design, formats.get(fmt_name), act_samples)

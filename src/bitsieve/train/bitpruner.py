@@ -1,106 +1,131 @@
 """BitPruner ("Network Pruning for Bit-serial Accelerators", Zhao et al., DAC'20) -- a RECONSTRUCTION from the
-abstract (methods.md section 5; confidence low). Every choice the abstract leaves open is a parameter of
-``BitPrunerConfig`` with the default documented there.
+abstract (methods.md section 5; confidence low), measured against baselines trained with the same budget.
 
 What it does, per the abstract: learn a network whose weights have few, load-balanced essential bits for a
 bit-serial accelerator (BSA), by progressive pruning and fine-tuning, without touching the hardware.
 
 Reconstruction (methods.md 5.2):
 
-1. Weights of every conv/linear layer are fixed point, ``bits`` wide (8 or 16), sign-magnitude, with a symmetric
-   per-output-channel scale (methods.md decision 2).
+1. Weights of every conv/linear layer are fixed point (int8 and int16 in one run), sign-magnitude, with a
+   symmetric per-output-channel scale (methods.md decision 2).
 2. A round with budget k keeps, for every weight, at most k of its essential (non-zero magnitude) bits, the
    most significant ones (``rounding``: the nearest value with at most k essential bits instead).
-3. Load balance for a target BSA whose lanes run a group of G weights in lock-step: each group is capped so
-   its lanes finish together -- Pragmatic/Laconic time is set by the heaviest weight of the group ('weight'
-   style), Bitlet's by the densest plane ('plane'), BitWave's by the number of non-zero planes ('column'; a
-   bitsieve extension of the abstract's idea). Each group gets the tightest cap whose removed bits are worth at
-   most ``balance_drop`` of the group's magnitude sum, removing bits of the heaviest weights first.
+3. Load balance for the target design, whose lanes run a group of weights in lock-step: each group is capped so
+   its lanes finish together -- weight-serial Pragmatic and Laconic time is set by the heaviest weight of the
+   group ('weight' style), Bitlet's by the densest plane ('plane'), BitWave's by the non-zero planes ('column').
+   Each group gets the tightest cap whose removed bits are worth at most ``balance_drop`` of the group's
+   magnitude sum, removing bits of the heaviest weights first.
 4. Fine-tuning with a straight-through estimator: the forward pass uses the projected weights (steps 1-3 redone
    on the latent float weights at every step), the gradient updates the latent weights as if the projection
    were the identity.
-5. Progressive schedule: budgets ``schedule`` (default 6, 5, 4, 3, 2); a round is kept only while the
-   validation metric stays within ``tolerance`` (absolute percentage points) of the non-pruned fixed-point
-   model; the first round that falls outside ends the schedule and the last kept round is the result.
-6. Baselines from the same run: the non-pruned fixed-point model and a magnitude (value) pruned model with
-   its own progressive schedule (``magnitude_schedule``, fraction of zero weights per layer), fine-tuned the
-   same way under the same tolerance.
+5. Schedule chosen by the accuracy budget: budgets go down one bit per round from the first budget that
+   removes at least ``start_drop`` of the model's essential bits (higher budgets only touch the lowest bits of a
+   few weights), and a round is kept while its validation accuracy stays within ``tolerance`` points of the
+   non-pruned model fine-tuned for the same steps; the first round outside ends the schedule. Nothing forces
+   the last budget: the data decide.
+
+Baselines, per format, each trained for exactly the steps BitPruner spent (kept AND rejected rounds), in chunks
+of one round each that see the same batches as BitPruner's rounds: the non-pruned fixed-point model, and a
+magnitude-pruned model whose zero weights per layer match BitPruner's result. Ablations with no training: the
+original model projected to BitPruner's final budget, without and with load balance. Cycles of every variant
+on every design of ``designs`` come from the accelerator registry (``accel_bridge``).
 
 Bit work (budgets, caps, rounding, statistics) is done on the packed planes of ``bitsieve.planes`` with word
-operations (``bitsieve.train.bits``); cycles come from the accelerator models of ``bitsieve.accel``.
+operations (``bitsieve.train.bits``).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
-from .. import formats, planes
+from .. import formats, planes, stats
 from ..errors import UserError
-from ..profile import counts, merge, stats
+from ..profile import counts, merge
+from ..profile import stats as profile_stats
 from . import accel_bridge, bits
-from .loop import Checkpoints, FitConfig, Reporter, accuracy, fit, task_data, trainable_layers
+from .loop import Checkpoints, FitConfig, Reporter, correct, fit, task_data, trainable_layers
 
 SOURCE = "BitPruner (Zhao et al., DAC'20), reconstructed from the abstract: methods.md section 5 [I, low]"
 CLAIMS = {"bit_sparsity_pct": 94.4, "speedup_vs_nonpruned": 2.1, "speedup_vs_weight_pruned": 1.5}
-TARGETS = ("pragmatic", "laconic", "bitlet", "bitwave")
-#: what sets the time of a lock-step lane group on each target BSA (methods.md 7.2, 7.3, 2.4, 8.1): the
-#: heaviest weight (Pragmatic, Laconic), the densest plane (Bitlet), the non-zero planes (BitWave). The group
-#: is the target model's own lane group and layout (16 for DNNsim Pragmatic/Laconic, 64 for a Bitlet PE), except
-#: BitWave, balanced over the 32-lane groups of its BitSim dataflows (accel_bridge.BALANCE_GROUP).
-TARGET_STYLE = {"pragmatic": "weight", "laconic": "weight", "bitlet": "plane", "bitwave": "column"}
+#: designs whose lock-step lane groups BitPruner can balance for, and what sets a group's time on each
+#: (methods.md 7.2 BitSim variant, 7.3, 2.4, 8.1): the heaviest weight, the densest plane, the non-zero planes.
+TARGET_STYLE = {"pragmatic-ws": "weight", "laconic": "weight", "bitlet": "plane", "bitwave": "column"}
+TARGETS = tuple(TARGET_STYLE)
+#: designs every variant is costed on: Stripes and DNNsim's Pragmatic are activation-serial (their cycles do not
+#: depend on the weights, shown as 1.00x), Tactical skips zero weights, Laconic and the weight-serial Pragmatic
+#: read weight terms/bits.
+DESIGNS = ("stripes", "pragmatic", "laconic", "tactical", "pragmatic-ws")
+#: per-task training defaults where a field is left at 0 (ImageNet: a few hundred images on 2 CPU cores)
+TASK_DEFAULTS = {"mnist": {"batch": 64, "lr": 1e-4}, "faces": {"batch": 64, "lr": 1e-4},
+                 "imagenet": {"batch": 16, "lr": 1e-5, "steps": 8}}
+VARIANTS = ("original", "non-pruned FT", "magnitude FT", "rounding only", "rounding+balance", "bitpruner")
 
 
 @dataclass
 class BitPrunerConfig:
     """Every open choice of the reconstruction, with its default."""
 
-    bits: int = 8  # fixed-point width, sign-magnitude (8 or 16)
-    schedule: tuple = (6, 5, 4, 3, 2)  # essential-bit budget per weight, one round each
+    formats: tuple = ("int8", "int16")  # fixed-point formats, each a full run (sign-magnitude)
+    start: int = 0  # first budget (0: the largest one that removes at least start_drop of the essential bits)
+    start_drop: float = 0.01
     rounding: bool = False  # False: keep the k most significant bits; True: nearest k-term value (ties up)
-    tolerance: float = 1.0  # keep a round while val metric >= non-pruned - tolerance (percentage points)
-    target: str = "pragmatic"  # pragmatic | laconic | bitlet | bitwave
+    tolerance: float = 0.5  # keep a round while val >= non-pruned FT val - tolerance (percentage points)
+    target: str = "pragmatic-ws"  # design whose lane groups are balanced: pragmatic-ws | laconic | bitlet | bitwave
     balance: str = "auto"  # auto (the target's style) | weight | plane | column | none
     balance_drop: float = 0.05  # most of a group's magnitude sum (L1) one cap may remove
     group: int = 0  # lanes per balance group (0: the target's lane group; BitWave 32)
-    act_samples: int = 1  # real inputs whose activations activation-reading targets (laconic) see
-    magnitude_schedule: tuple = (0.5, 0.7, 0.8, 0.9, 0.95)  # zero-weight fraction per layer, one round each
-    epochs: float = 1.0  # fine-tuning per round
-    steps: int = 0  # fine-tuning steps per round (0: use epochs)
-    batch: int = 64
-    lr: float = 1e-4
+    designs: tuple = DESIGNS  # designs every variant is costed on
+    act_samples: int = 1  # real inputs whose activations the activation-reading designs see
+    epochs: float = 1.0  # fine-tuning per round (when steps is 0 and the task sets none)
+    steps: int = 0  # fine-tuning steps per round (0: the task's default, else epochs)
+    batch: int = 0  # 0: the task's default (64; ImageNet 16)
+    lr: float = 0.0  # 0: the task's default (1e-4; ImageNet 1e-5)
     distill: float = -1.0  # weight of KL(original || pruned) added to the label loss; < 0: auto (1 for the
-    # faces task, whose 100 training crops are few; 0 for MNIST)
+    # faces and ImageNet tasks, whose training sets are a few hundred images; 0 for MNIST)
     seed: int = 0
 
+    #: fields where 0 means "the task's default" (the CLI's range checks skip that 0)
+    AUTO_ZERO = ("steps", "batch", "lr", "start")
+
     def __post_init__(self):
-        self.schedule = tuple(int(k) for k in self.schedule)
-        self.magnitude_schedule = tuple(float(s) for s in self.magnitude_schedule)
-        if self.bits not in (8, 16):
-            raise UserError(f"bitpruner: bits must be 8 or 16, got {self.bits}")
+        self.formats = tuple(str(f).strip().lower() for f in self.formats)
+        self.designs = tuple(str(d).strip().lower() for d in self.designs)
+        if not self.formats or any(f not in ("int8", "int16") for f in self.formats):
+            raise UserError(f"bitpruner: formats must be int8 and/or int16, got {','.join(self.formats)}")
+        if len(set(self.formats)) != len(self.formats):
+            raise UserError("bitpruner: a format is listed twice")
         if self.target not in TARGETS:
             raise UserError(f"bitpruner: unknown target {self.target!r} ({', '.join(TARGETS)})")
         if self.balance not in ("auto", *bits.STYLES):
             raise UserError(f"bitpruner: balance must be auto, {', '.join(bits.STYLES)}; got {self.balance!r}")
-        if not self.schedule or any(k < 0 or k > self.bits - 1 for k in self.schedule):
-            raise UserError(f"bitpruner: budgets must be 0..{self.bits - 1}, got {self.schedule}")
-        if any(not 0 <= s < 1 for s in self.magnitude_schedule):
-            raise UserError("bitpruner: magnitude sparsities must be in [0, 1)")
+        from ..accel import ACCELERATORS
+
+        bad = [d for d in self.designs if d not in ACCELERATORS]
+        if bad or not self.designs:
+            raise UserError(f"bitpruner: unknown design(s) {', '.join(bad) or '(none)'} (see `bitsieve accelerators`)")
+        if not 0 <= self.start <= 15:
+            raise UserError("bitpruner: start must be 0 (auto) or a budget 1..15")
+        if not 0 < self.start_drop < 1:
+            raise UserError("bitpruner: start_drop must be in (0, 1)")
         if not 0 <= self.balance_drop < 1:
             raise UserError("bitpruner: balance_drop must be in [0, 1)")
         if not 0 <= self.group <= 64:
             raise UserError("bitpruner: group must be 0..64")
 
     @property
-    def fmt(self) -> formats.Format:
-        return formats.get(f"int{self.bits}")
-
-    @property
     def style(self) -> str:
         return TARGET_STYLE[self.target] if self.balance == "auto" else self.balance
+
+    def for_task(self, task: str) -> "BitPrunerConfig":
+        """Zero fields replaced by the task's defaults; distill < 0 resolved."""
+        d = {k: v for k, v in TASK_DEFAULTS[task].items() if not getattr(self, k)}
+        if self.distill < 0:
+            d["distill"] = 0.0 if task == "mnist" else 1.0
+        return dataclasses.replace(self, **d)
 
     def fit_config(self) -> FitConfig:
         return FitConfig(epochs=self.epochs, steps=self.steps or None, batch=self.batch, lr=self.lr,
@@ -108,11 +133,6 @@ class BitPrunerConfig:
 
 
 # ---- projections (float weight -> fixed point -> lane planes -> pruned planes -> fixed point) ---------------
-def quantize(w: np.ndarray, fmt: formats.Format) -> tuple[np.ndarray, np.ndarray]:
-    """Sign-magnitude integers with a symmetric per-output-channel scale (methods.md decision 2)."""
-    return fmt.quantize(np.asarray(w, dtype=np.float64), axis=0)
-
-
 class Lanes:
     """One layer's weights cut into the target's lock-step lane groups (its layout, ``group`` lanes each)."""
 
@@ -130,52 +150,47 @@ class Lanes:
         return accel_bridge.scatter(vals, self.lay, self.taps, int(np.prod(self.shape[1:]))).reshape(self.shape)
 
 
-def prune_planes(p: planes.Planes, k: int | None, cfg: "BitPrunerConfig") -> planes.Planes:
-    """Budget k per weight (None: no budget), then the target's lock-step cap (when k is set)."""
-    if k is None:
-        return p
-    w = bits.keep_top_k(p.words, k, rounding=cfg.rounding)
-    w = bits.balance(w, cfg.style, cfg.balance_drop)
-    return p.with_words(w)
+@dataclass(frozen=True)
+class Projection:
+    """How one variant turns float weights into integers: format, budget k (None: no budget), load balance."""
 
+    fmt: formats.Format
+    level: int | None = None
+    balance: bool = True
+    rounding: bool = False
+    style: str = "weight"
+    drop: float = 0.05
 
-def project(w: np.ndarray, level, cfg: "BitPrunerConfig", lanes: Lanes,
-            mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(integers, per-channel scale) a round uses for one weight: ``level`` = budget k (BitPruner) or None
-    (non-pruned); ``mask`` zeroes pruned weights first (magnitude baseline)."""
-    if mask is not None:
-        w = w * mask
-    q, scale = quantize(w, cfg.fmt)
-    if level is not None:
-        q = lanes.unpack(prune_planes(lanes.pack(q, cfg.fmt), int(level), cfg))
-    return q, scale
+    def planes(self, p: planes.Planes) -> planes.Planes:
+        """Budget k per weight, then the target's lock-step cap (both only when k is set)."""
+        if self.level is None:
+            return p
+        w = bits.keep_top_k(p.words, int(self.level), rounding=self.rounding)
+        if self.balance:
+            w = bits.balance(w, self.style, self.drop)
+        return p.with_words(w)
 
-
-def magnitude_masks(module, sparsity: float) -> dict[str, torch.Tensor]:
-    """Per layer, keep the largest (1 - sparsity) weights by magnitude (ties: lower index kept)."""
-    masks = {}
-    for name, m in trainable_layers(module):
-        w = m.weight.detach().abs().flatten()
-        n_zero = int(round(sparsity * w.numel()))
-        mask = torch.ones_like(w)
-        if n_zero:
-            order = torch.sort(w, stable=True).indices
-            mask[order[:n_zero]] = 0
-        masks[name] = mask.reshape(m.weight.shape)
-    return masks
+    def __call__(self, w: np.ndarray, lanes: Lanes, mask: np.ndarray | None = None):
+        """(integers, per-channel scale) of one weight; ``mask`` zeroes pruned weights first."""
+        if mask is not None:
+            w = w * mask
+        q, scale = self.fmt.quantize(np.asarray(w, dtype=np.float64), axis=0)
+        if self.level is not None:
+            q = lanes.unpack(self.planes(lanes.pack(q, self.fmt)))
+        return q, scale
 
 
 class Projector:
-    """Straight-through projection of every conv/linear weight of a module for one round."""
+    """Straight-through projection of every conv/linear weight of a module."""
 
-    def __init__(self, module, cfg: "BitPrunerConfig", lanes: dict, level=None, masks: dict | None = None):
-        self.module, self.cfg, self.lanes, self.level, self.masks = module, cfg, lanes, level, masks or {}
+    def __init__(self, module, proj: Projection, lanes: dict, masks: dict | None = None):
+        self.module, self.proj, self.lanes, self.masks = module, proj, lanes, masks or {}
         self.layers = trainable_layers(module)
 
     def ints(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """{layer: (integers, scale)} of the current latent weights."""
-        return {name: project(m.weight.detach().numpy(), self.level, self.cfg, self.lanes[name],
-                              None if name not in self.masks else self.masks[name].numpy())
+        return {name: self.proj(m.weight.detach().numpy(), self.lanes[name],
+                                self.masks[name].numpy() if name in self.masks else None)
                 for name, m in self.layers}
 
     @staticmethod
@@ -195,13 +210,45 @@ class Projector:
         return out
 
 
+def start_budget(ints: dict[str, np.ndarray], nbits: int, drop: float) -> int:
+    """The largest budget k < nbits whose cut removes at least ``drop`` of the model's essential bits (1 if none
+    does): budgets above it only trim the lowest bits of a few weights, a round there would merely fine-tune."""
+    e = np.concatenate([np.bitwise_count(np.abs(q).astype(np.uint64)).ravel() for q in ints.values()])
+    hist = np.bincount(e.astype(np.int64), minlength=nbits + 1)
+    total = max(int((hist * np.arange(hist.size)).sum()), 1)
+    k = np.arange(1, nbits)
+    removed = (np.maximum(np.arange(hist.size)[None, :] - k[:, None], 0) * hist[None, :]).sum(axis=1) / total
+    ok = k[removed >= drop]
+    return int(ok.max()) if ok.size else 1
+
+
+def matched_masks(module, fmt: formats.Format, zeros: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Per layer, a magnitude mask (smallest |w| pruned, lower index first among ties) whose quantised layer
+    holds as close as possible to ``zeros[layer]`` zero weights. Weights that round to 0 anyway count, so the
+    mask size n is chosen on zeros(n) = n + (weights of rank >= n that round to 0), which never decreases."""
+    masks = {}
+    for name, m in trainable_layers(module):
+        w = m.weight.detach().numpy().astype(np.float64)
+        q, _ = fmt.quantize(w, axis=0)
+        order = np.argsort(np.abs(w).ravel(), kind="stable")
+        below = (q.ravel() == 0)[order].astype(np.int64)
+        union = np.arange(order.size + 1) + np.concatenate([np.cumsum(below[::-1])[::-1], [0]])
+        n = int(np.searchsorted(union, zeros[name], side="left"))  # first size reaching the target
+        if n > order.size or (n > 0 and zeros[name] - union[n - 1] < union[n] - zeros[name]):
+            n -= 1  # one size less is closer
+        mask = np.ones(order.size, np.float32)
+        mask[order[:n]] = 0.0
+        masks[name] = torch.from_numpy(mask.reshape(w.shape))
+    return masks
+
+
 # ---- statistics and cycles ------------------------------------------------------------------------------
 def bit_stats(ints: dict[str, np.ndarray], fmt: formats.Format) -> dict:
     """Bit sparsity etc. of integer weights, whole model and per layer (bitsieve.profile figures, groups of 64
     along the dot-product axis; padding never counted)."""
     pl = {n: planes.pack_raw(fmt.encode(q), fmt, 64) for n, q in ints.items()}
-    per = {n: stats(counts(p)) for n, p in pl.items()}
-    tot = stats(merge([counts(p) for p in pl.values()]))
+    per = {n: profile_stats(counts(p)) for n, p in pl.items()}
+    tot = profile_stats(merge([counts(p) for p in pl.values()]))
 
     def pick(s):
         return {"bit_sparsity": s["zero_bit_frac"], "weight_sparsity": s["zero_value_frac"],
@@ -211,32 +258,21 @@ def bit_stats(ints: dict[str, np.ndarray], fmt: formats.Format) -> dict:
     return {"total": pick(tot), "layers": {n: pick(s) for n, s in per.items()}}
 
 
-def cycles_available(target: str = "pragmatic") -> bool:
-    """Whether ``bitsieve.accel`` can cost weight bits on ``target``."""
-    return accel_bridge.available(target)
-
-
-def cycles(tg: "accel_bridge.Target", ints: dict[str, np.ndarray]) -> dict:
-    """Cycles of each layer on the target accelerator model, from its integer weights."""
-    per = {n: tg.cycles(n, q) for n, q in ints.items()}
-    return {"layers": per, "total": float(sum(per.values()))}
+def acc_figures(hits: np.ndarray, base: np.ndarray | None, seed: int) -> dict:
+    """Accuracy with its n and 95 % Wilson interval; with ``base`` (the fine-tuned non-pruned model's per-sample
+    hits on the same samples) the paired change, its paired-bootstrap 95 % interval and McNemar's p."""
+    n, k = int(hits.size), int(hits.sum())
+    lo, hi = stats.wilson(k, n)
+    out = {"accuracy": 100.0 * k / n, "n": n, "correct": k, "ci": [100.0 * lo, 100.0 * hi]}
+    if base is not None:
+        d_lo, d_hi = stats.paired_bootstrap(base, hits, seed=seed)
+        b, c = int((base & ~hits).sum()), int((~base & hits).sum())
+        out.update(change=100.0 * (k - int(base.sum())) / n, change_ci=[100.0 * d_lo, 100.0 * d_hi],
+                   mcnemar_p=stats.mcnemar_p(b, c))
+    return out
 
 
 # ---- the job ------------------------------------------------------------------------------------------------
-@dataclass
-class Variant:
-    """One of the three compared models: its name, method spec, accuracy, bit statistics, cycles, history."""
-
-    name: str
-    method: str
-    level: object
-    val: float
-    test: float
-    stats: dict
-    cycles: dict | None
-    rounds: list = field(default_factory=list)
-
-
 def _state(module) -> dict:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
@@ -244,167 +280,206 @@ def _state(module) -> dict:
 def run(model_name: str, cfg: BitPrunerConfig, out_dir=None, resume: bool = False, force: bool = False,
         progress: bool = True, train_limit: int | None = None, test_limit: int | None = None,
         val_size: int | None = None, stop_after: int | None = None) -> dict:
-    """BitPruner on a built-in model, with the non-pruned and magnitude-pruned baselines.
+    """BitPruner on a built-in model with its fairly trained baselines and no-training ablations, per format.
 
-    Returns a dict with the three variants, per-round histories, the abstract's claims and tidy result rows.
-    ``stop_after`` (tests) raises KeyboardInterrupt after that many stages have been *computed* in this call,
-    as if the process had been killed there.
+    Returns a dict with, per format, the six variants (accuracy with n and intervals, bit statistics, cycles and
+    speed-ups per design), BitPruner's rounds, the abstract's claims and tidy result rows. ``stop_after`` (tests)
+    raises KeyboardInterrupt after that many stages have been *computed* in this call, as if killed there.
     """
     from ..zoo import BUILTINS
 
     torch.manual_seed(cfg.seed)
     data = task_data(model_name, cfg.seed, train_limit=train_limit, val_size=val_size, test_limit=test_limit)
-    if cfg.distill < 0:
-        cfg = dataclasses.replace(cfg, distill=1.0 if data.task == "faces" else 0.0)
+    cfg = cfg.for_task(data.task)
     module = BUILTINS[model_name].load()
     teacher = copy.deepcopy(module).eval() if cfg.distill > 0 else None
-    original = _state(module)
     config = {"method": "bitpruner", "model": model_name, **asdict(cfg), "train_limit": train_limit,
               "test_limit": test_limit, "val_size": val_size}
     ck = Checkpoints(out_dir, config, resume=resume, force=force)
-    tg = accel_bridge.target(model_name, cfg.target, cfg.fmt.name, cfg.act_samples)
-    group = cfg.group or accel_bridge.BALANCE_GROUP.get(cfg.target) or None
-    lanes = {}
-    for name, m in trainable_layers(module):
-        if name not in tg.workloads:
-            raise UserError(f"layer {name} of {model_name} is not among the target's workloads")
-        lanes[name] = Lanes(tuple(m.weight.shape), tg.layout(name, group), tg.workloads[name].taps)
-    G = sorted({ln.G for ln in lanes.values()})
     computed = [0]
 
-    def killed_check():
-        computed[0] += 1
-        if stop_after is not None and computed[0] >= stop_after:
-            raise KeyboardInterrupt(f"simulated kill after {computed[0]} stages")
+    def killed_check(name):
+        if name in ck.ran:
+            computed[0] += 1
+            if stop_after is not None and computed[0] >= stop_after:
+                raise KeyboardInterrupt(f"simulated kill after {computed[0]} stages")
 
+    job = _Job(model_name, cfg, data, module, teacher, ck, killed_check)
     with Reporter(progress) as rep:
-        rep.note(f"[bold]bitpruner[/] {model_name}: {data.note}; int{cfg.bits} sign-magnitude, target "
-                 f"{cfg.target} ({cfg.style} cap over lane groups of {'/'.join(map(str, G))})")
-
-        def evaluate(proj: Projector):
-            vals = proj.values()
-            return (accuracy(module, data.x_val, data.y_val, data.logprob, vals),
-                    accuracy(module, data.x_test, data.y_test, data.logprob, vals))
-
-        # -- non-pruned fixed-point reference (no training)
-        def base_run():
-            val, test = evaluate(Projector(module, cfg, lanes, None))
-            return original, {"val": val, "test": test}
-
-        base = ck.stage("nonpruned", base_run, lambda t: module.load_state_dict(t))
-        if "nonpruned" in ck.ran:
-            killed_check()
-        rep.note(f"non-pruned int{cfg.bits}: val {base['val']:.2f}%  test {base['test']:.2f}%")
-        floor = base["val"] - cfg.tolerance
-
-        def chain(prefix: str, levels, make_projector):
-            """Rounds of one progressive schedule -> (last kept level, its latent state, its masks, round infos).
-            A round's checkpoint holds the latent weights ('state/...') and its masks ('mask/...')."""
-            module.load_state_dict(original)
-            kept = (None, original, None)
-            infos = []
-            for level in levels:
-                name = f"{prefix}{level}"
-                masks_box = [None]
-
-                def run_round(level=level, name=name):
-                    proj = make_projector(level)
-                    masks_box[0] = proj.masks
-                    h = fit(module, data, cfg.fit_config(), seed=cfg.seed, stage=name,
-                            params_fn=proj.ste, teacher=teacher, progress=rep)
-                    val, test = evaluate(proj)
-                    st = bit_stats({n: q for n, (q, _) in proj.ints().items()}, cfg.fmt)["total"]
-                    tensors = {**{f"state/{k}": v for k, v in _state(module).items()},
-                               **{f"mask/{k}": v for k, v in proj.masks.items()}}
-                    return tensors, {**h, "level": level, "val": val, "test": test, "kept": bool(val >= floor),
-                                     **st}
-
-                def restore(t):
-                    module.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("state/")})
-                    masks_box[0] = {k[5:]: v for k, v in t.items() if k.startswith("mask/")}
-
-                info = ck.stage(name, run_round, restore)
-                if name in ck.ran:
-                    killed_check()
-                infos.append(info)
-                rep.note(f"{name}: val {info['val']:.2f}%  test {info['test']:.2f}%  bit sparsity "
-                         f"{100 * info['bit_sparsity']:.1f}%  weight sparsity {100 * info['weight_sparsity']:.1f}%"
-                         f"  {'kept' if info['kept'] else 'rejected: stop'}")
-                if not info["kept"]:
-                    break
-                kept = (level, _state(module), masks_box[0] or None)
-            return (*kept, infos)
-
-        bp_level, bp_state, _, bp_rounds = chain("bitpruner/k", cfg.schedule, lambda k: Projector(module, cfg, lanes, int(k)))
-        mg_level, mg_state, mg_masks, mg_rounds = chain(
-            "magnitude/s", cfg.magnitude_schedule,
-            lambda s: Projector(module, cfg, lanes, None, magnitude_masks(module, float(s))))
-
-    # -- the three variants, evaluated on the final (projected) weights
-    variants = []
-    for name, method, level, state, masks, hist in (
-            ("non-pruned", "", None, original, None, []),
-            ("magnitude-pruned", f"magnitude:sparsity={mg_level}" if mg_level is not None else "", None, mg_state,
-             mg_masks, mg_rounds),
-            ("bitpruner", _spec(cfg, bp_level), bp_level, bp_state, None, bp_rounds)):
-        module.load_state_dict(state)
-        ints = {n: q for n, (q, _) in Projector(module, cfg, lanes, level, masks).ints().items()}
-        kept_rounds = [r for r in hist if r["kept"]]
-        src = kept_rounds[-1] if kept_rounds else base
-        variants.append(Variant(name, method, level, src["val"], src["test"], bit_stats(ints, cfg.fmt),
-                                cycles(tg, ints), hist))
-    result = summarise(model_name, cfg, variants, data.note, ck, G)
+        job.rep = rep
+        per_format = {f: job.run_format(f) for f in cfg.formats}
+    result = {"method": "bitpruner", "source": SOURCE, "model": model_name, "data": data.note,
+              "target": cfg.target, "style": cfg.style, "config": asdict(cfg), "claims": CLAIMS,
+              "formats": per_format, "stages_run": list(ck.ran), "stages_loaded": list(ck.loaded),
+              "rows": [r for f in per_format.values() for r in f.pop("rows")]}
     ck.write_json("result.json", result)
     return result
 
 
-def _spec(cfg: BitPrunerConfig, level) -> str:
-    if level is None:
-        return ""
-    return (f"bitpruner:k={level},target={cfg.target},style={cfg.style},drop={cfg.balance_drop}"
-            f"{',round' if cfg.rounding else ''}")
+class _Job:
+    """One BitPruner run: shared data, module, checkpoints; ``run_format`` does everything for one format."""
+
+    def __init__(self, model_name, cfg, data, module, teacher, ck, killed_check):
+        self.model_name, self.cfg, self.data, self.module, self.teacher = model_name, cfg, data, module, teacher
+        self.ck, self.killed_check, self.rep = ck, killed_check, None
+        self.original = _state(module)
+
+    def hits(self, proj: Projector, split: str) -> np.ndarray:
+        d = self.data
+        x, y = (d.x_val, d.y_val) if split == "val" else (d.x_test, d.y_test)
+        return correct(self.module, x, y, d.logprob, proj.values(), batch=d.eval_batch)
+
+    def chunk(self, name: str, start: dict, make: callable, order_key: str) -> dict:
+        """Train one chunk (a round or a baseline's share of the budget) from ``start``; afterwards the module
+        holds its latent weights. Returns its summary (steps, loss, val accuracy)."""
+        def run_():
+            self.module.load_state_dict(start)
+            proj = make()
+            h = fit(self.module, self.data, self.cfg.fit_config(), seed=self.cfg.seed, stage=name,
+                    params_fn=proj.ste, teacher=self.teacher, progress=self.rep, order_key=order_key)
+            val = 100.0 * float(self.hits(proj, "val").mean())
+            return _state(self.module), {**h, "val": val}
+
+        info = self.ck.stage(name, run_, lambda t: self.module.load_state_dict(t))
+        self.killed_check(name)
+        return info
+
+    def run_format(self, fmt_name: str) -> dict:
+        cfg, module, rep = self.cfg, self.module, self.rep
+        fmt = formats.get(fmt_name)
+        tg = accel_bridge.target(self.model_name, cfg.target, fmt_name, cfg.act_samples)
+        group = cfg.group or accel_bridge.BALANCE_GROUP.get(cfg.target) or None
+        lanes = {}
+        for name, m in trainable_layers(module):
+            if name not in tg.workloads:
+                raise UserError(f"layer {name} of {self.model_name} is not among the target's workloads")
+            lanes[name] = Lanes(tuple(m.weight.shape), tg.layout(name, group), tg.workloads[name].taps)
+        G = sorted({ln.G for ln in lanes.values()})
+        P = dict(fmt=fmt, rounding=cfg.rounding, style=cfg.style, drop=cfg.balance_drop)
+        plain = Projection(**P)
+
+        def budget(k, balance=True):
+            return Projection(**P, level=int(k), balance=balance)
+
+        module.load_state_dict(self.original)
+        ints0 = {n: q for n, (q, _) in Projector(module, plain, lanes).ints().items()}
+        k0 = cfg.start or start_budget(ints0, fmt.nbits, cfg.start_drop)
+        if k0 > fmt.nbits - 1:
+            raise UserError(f"bitpruner: start budget {k0} exceeds the {fmt.nbits - 1} magnitude bits of {fmt_name}")
+        rep.note(f"[bold]bitpruner[/] {self.model_name} {fmt_name}: {self.data.note}; target {cfg.target} "
+                 f"({cfg.style} cap over lane groups of {'/'.join(map(str, G))}); budgets from {k0} down")
+
+        # BitPruner's rounds, each next to the non-pruned model trained by as many steps (same batches)
+        bp_state, bp_level, base_state, rounds = self.original, None, self.original, []
+        for r, k in enumerate(range(k0, 0, -1), 1):
+            key = f"{fmt_name}/chunk{r}"
+            b = self.chunk(f"{fmt_name}/nonpruned/c{r}", base_state, lambda: Projector(module, plain, lanes), key)
+            base_state = _state(module)
+            info = self.chunk(f"{fmt_name}/bitpruner/k{k}", bp_state,
+                              lambda k=k: Projector(module, budget(k), lanes), key)
+            kept = info["val"] >= b["val"] - cfg.tolerance
+            rounds.append({"budget": k, "steps": info["steps"], "val": info["val"], "reference_val": b["val"],
+                           "kept": bool(kept)})
+            rep.note(f"{fmt_name} k={k}: val {info['val']:.2f}% vs non-pruned FT {b['val']:.2f}% "
+                     f"({'kept' if kept else 'outside the tolerance: stop'})")
+            if not kept:
+                break
+            bp_state, bp_level = _state(module), k
+        n_chunks = len(rounds)
+        steps_total = sum(x["steps"] for x in rounds)
+
+        # BitPruner's result, and the magnitude baseline at its zero weights per layer
+        module.load_state_dict(bp_state)
+        bp_proj = budget(bp_level) if bp_level is not None else plain
+        bp_ints = {n: q for n, (q, _) in Projector(module, bp_proj, lanes).ints().items()}
+        zeros = {n: int((q == 0).sum()) for n, q in bp_ints.items()}
+        module.load_state_dict(self.original)
+        masks = matched_masks(module, fmt, zeros)
+        mg_state = self.original
+        for r in range(1, n_chunks + 1):
+            self.chunk(f"{fmt_name}/magnitude/c{r}", mg_state, lambda: Projector(module, plain, lanes, masks),
+                       f"{fmt_name}/chunk{r}")
+            mg_state = _state(module)
+
+        k_abl = bp_level if bp_level is not None else None
+        specs = {  # variant -> (latent state, projection, masks, steps trained)
+            "original": (self.original, plain, None, 0),
+            "non-pruned FT": (base_state, plain, None, steps_total),
+            "magnitude FT": (mg_state, plain, masks, steps_total),
+            "rounding only": (self.original, budget(k_abl, balance=False), None, 0) if k_abl else None,
+            "rounding+balance": (self.original, budget(k_abl), None, 0) if k_abl else None,
+            "bitpruner": (bp_state, bp_proj, None, steps_total),
+        }
+        tgs = {d: accel_bridge.target(self.model_name, d, fmt_name, cfg.act_samples) for d in cfg.designs}
+        variants, ref = {}, None
+        for vname in VARIANTS:
+            spec = specs[vname]
+            if spec is None:
+                continue
+            state, proj, mk, steps = spec
+            module.load_state_dict(state)
+            pj = Projector(module, proj, lanes, mk)
+            ints = {n: q for n, (q, _) in pj.ints().items()}
+            hits = self.hits(pj, "test")
+            val = 100.0 * float(self.hits(pj, "val").mean())
+            if vname == "non-pruned FT":
+                ref = hits
+            cyc = {d: {n: t.cycles(n, q) for n, q in ints.items()} for d, t in tgs.items()}
+            variants[vname] = {"name": vname, "budget": proj.level, "balanced": bool(proj.level and proj.balance),
+                               "steps": steps, "val_accuracy": val, "hits": hits,
+                               "stats": bit_stats(ints, fmt),
+                               "cycles": {d: float(sum(c.values())) for d, c in cyc.items()},
+                               "layer_cycles": cyc}
+        for v in variants.values():
+            v.update(acc_figures(v.pop("hits"), None if v["name"] == "non-pruned FT" else ref, cfg.seed))
+        return summarise(self.model_name, fmt_name, cfg, variants, rounds, k0, G, tgs)
 
 
-def summarise(model_name: str, cfg: BitPrunerConfig, variants: list[Variant], note: str, ck: Checkpoints,
-              groups: list[int]) -> dict:
-    """Variants -> summary figures, speed-ups, claims and tidy rows."""
+def summarise(model_name: str, fmt: str, cfg: BitPrunerConfig, variants: dict, rounds: list, k0: int,
+              groups: list[int], tgs: dict) -> dict:
+    """Variants -> speed-ups per design vs the fine-tuned non-pruned and magnitude models, claims, tidy rows."""
     from .. import results
 
-    by = {v.name: v for v in variants}
-    tot = {n: (v.cycles or {}).get("total") for n, v in by.items()}
-    sp = {}
-    if all(t for t in tot.values()):
-        sp = {"vs_nonpruned": tot["non-pruned"] / tot["bitpruner"],
-              "vs_magnitude": tot["magnitude-pruned"] / tot["bitpruner"],
-              "magnitude_vs_nonpruned": tot["non-pruned"] / tot["magnitude-pruned"]}
-    fmt, G = cfg.fmt.name, max(groups)
+    base, mag = variants["non-pruned FT"]["cycles"], variants["magnitude FT"]["cycles"]
+    for v in variants.values():
+        v["speedup_vs_nonpruned"] = {d: base[d] / c if c else None for d, c in v["cycles"].items()}
+        v["speedup_vs_magnitude"] = {d: mag[d] / c if c else None for d, c in v["cycles"].items()}
+    bp = variants["bitpruner"]
     rows = []
-    for v in variants:
-        method = v.method if v.name != "non-pruned" else ""
-        common = dict(method=method, format=fmt, group=G)
-        rows.append(results.row(model_name, "*", "accuracy", v.test, **common))
-        rows.append(results.row(model_name, "*", "val_accuracy", v.val, **common))
-        for key in ("bit_sparsity", "weight_sparsity", "mean_essential_bits"):
-            metric = {"bit_sparsity": "zero_bit_frac", "weight_sparsity": "zero_value_frac"}.get(key, key)
-            rows.append(results.row(model_name, "*", metric, v.stats["total"][key], **common))
-            for layer, s in v.stats["layers"].items():
+    for v in variants.values():
+        common = dict(method=_spec(cfg, v), format=fmt, group=max(groups))
+        rows.append(results.row(model_name, "*", "accuracy", v["accuracy"], **common))
+        for key, metric in (("bit_sparsity", "zero_bit_frac"), ("weight_sparsity", "zero_value_frac"),
+                            ("mean_essential_bits", "mean_essential_bits")):
+            rows.append(results.row(model_name, "*", metric, v["stats"]["total"][key], **common))
+            for layer, s in v["stats"]["layers"].items():
                 rows.append(results.row(model_name, layer, metric, s[key], **common))
-        if v.cycles:
-            for layer, c in v.cycles["layers"].items():
-                rows.append(results.row(model_name, layer, "cycles", c, accel=cfg.target, **common))
-            rows.append(results.row(model_name, "*", "cycles", v.cycles["total"], accel=cfg.target, **common))
-            if tot["non-pruned"]:
-                rows.append(results.row(model_name, "*", "speedup_vs_nonpruned", tot["non-pruned"] / v.cycles["total"],
-                                        accel=cfg.target, **common))
-    return {
-        "method": "bitpruner", "source": SOURCE, "model": model_name, "data": note, "target": cfg.target,
-        "style": cfg.style, "group": G, "groups": groups, "format": fmt, "config": asdict(cfg),
-        "variants": [{"name": v.name, "method": v.method, "level": v.level, "val_accuracy": v.val,
-                      "accuracy": v.test, **v.stats["total"],
-                      "cycles": None if not v.cycles else v.cycles["total"], "rounds": v.rounds}
-                     for v in variants],
-        "speedup": sp, "claims": CLAIMS,
-        "stages_run": list(ck.ran), "stages_loaded": list(ck.loaded),
-        "accel_available": bool(all(t for t in tot.values())),
-        "rows": rows,
-    }
+        for d, c in v["cycles"].items():
+            rows.append(results.row(model_name, "*", "cycles", c, accel=d, **common))
+            for layer, lc in v["layer_cycles"][d].items():
+                rows.append(results.row(model_name, layer, "cycles", lc, accel=d, **common))
+            rows.append(results.row(model_name, "*", "speedup_vs_nonpruned", v["speedup_vs_nonpruned"][d],
+                                    accel=d, **common))
+    bsp = 100.0 * bp["stats"]["total"]["bit_sparsity"]
+    verdict = {"bit_sparsity_pct": bsp, "bit_sparsity_reproduced": bsp >= CLAIMS["bit_sparsity_pct"],
+               "speedup_vs_nonpruned": bp["speedup_vs_nonpruned"],
+               "speedup_vs_magnitude": bp["speedup_vs_magnitude"],
+               "within_tolerance": bp.get("change", 0.0) >= -cfg.tolerance}
+    return {"format": fmt, "start_budget": k0, "budget": bp["budget"], "groups": groups,
+            "rounds": rounds, "steps_per_variant": bp["steps"],
+            "designs": {d: {"reads_weights": t.reads_weights, "title": t.acc.title} for d, t in tgs.items()},
+            "variants": [{k: v for k, v in x.items() if k != "layer_cycles"} for x in variants.values()],
+            "paper": verdict, "rows": rows}
+
+
+def _spec(cfg: BitPrunerConfig, v: dict) -> str:
+    """The method label of a variant in the tidy rows."""
+    if v["name"] in ("original", "non-pruned FT"):
+        return "" if v["name"] == "original" else "finetune"
+    if v["name"] == "magnitude FT":
+        return f"magnitude:sparsity={v['stats']['total']['weight_sparsity']:.4f}"
+    if v["budget"] is None:
+        return "bitpruner:none"
+    tail = f",target={cfg.target},style={cfg.style},drop={cfg.balance_drop}" if v["balanced"] else ",balance=none"
+    kind = "bitpruner" if v["name"] == "bitpruner" else "bitpruner-projection"
+    return f"{kind}:k={v['budget']}{tail}{',round' if cfg.rounding else ''}"

@@ -54,6 +54,8 @@ class TaskData:
     logprob: Callable[[object], torch.Tensor]
     note: str = ""
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    freeze_bn: bool = False  # keep batch-norm statistics fixed while training (small batches would wreck them)
+    eval_batch: int = 2000  # samples per forward pass when evaluating (bounded by activation memory)
 
 
 def _mnist_logprob(out):
@@ -86,13 +88,17 @@ def task_data(model: str, seed: int = 0, train_limit: int | None = None, val_siz
       with the seed) fine-tunes, with flips and shifts; the other half is never trained on and serves as both the
       validation and the reported test set (there is no more labelled face data offline). Accuracy = face
       probability > 0.5 equals the label.
+    - ``mobilenet-v2``: the 1300-image ImageNet validation subset, shuffled with the seed and cut into disjoint
+      parts: ``train_limit`` (default 256) images fine-tune, the next ``val_size`` (default 128) decide the
+      rounds, the next ``test_limit`` (default 512) are held out for the reported accuracy. Batch-norm
+      statistics stay frozen (a few hundred images in small batches cannot re-estimate them).
     """
     from .. import data
     from ..zoo import BUILTINS
 
     if model not in BUILTINS:
         raise UserError(f"train needs a built-in model (its architecture and task); got {model!r} "
-                        f"(trainable: lenet-mnist, mtcnn-rnet, mtcnn-onet)")
+                        f"(trainable: lenet-mnist, mtcnn-rnet, mtcnn-onet, mobilenet-v2)")
     task = BUILTINS[model].task
     if task == "mnist":
         from ..zoo import lenet
@@ -132,21 +138,45 @@ def task_data(model: str, seed: int = 0, train_limit: int | None = None, val_siz
         return TaskData(task, x[trt], y[trt], x[tet], y[tet], x[tet], y[tet], _faces_logprob,
                         note=f"LFW subset: fine-tune {int(tr.sum())} crops (flips/shifts), held out "
                              f"{int(te.sum())} for validation and test", augment=_shift_flip)
-    raise UserError(f"train supports the mnist and faces tasks; {model} is a {task} model")
+    if task == "imagenet" and model == "mobilenet-v2":
+        from ..zoo import mobilenet
+
+        items = list(data.imagenet_subset())
+        ntr, nval = train_limit or 256, 128 if val_size is None else int(val_size)
+        nte = test_limit or 512
+        if ntr + nval + nte > len(items):
+            raise UserError(f"the ImageNet subset has {len(items)} images; train {ntr} + validation {nval} + "
+                            f"test {nte} do not fit (lower --train-limit / --test-limit)")
+        order = np.random.default_rng(derive_seed(seed, "imagenet-split")).permutation(len(items))
+        parts = np.split(order[:ntr + nval + nte], [ntr, ntr + nval])
+        x = [mobilenet.preprocess([items[i][0] for i in p]) for p in parts]
+        y = [torch.tensor([items[i][1] for i in p], dtype=torch.int64) for p in parts]
+        return TaskData(task, x[0], y[0], x[1], y[1], x[2], y[2], _mnist_logprob,
+                        note=f"ImageNet val subset (1300 images): fine-tune {ntr}, validation {nval}, held-out test "
+                             f"{nte} (disjoint, drawn with the seed); batch-norm statistics frozen",
+                        freeze_bn=True, eval_batch=50)
+    raise UserError(f"train supports lenet-mnist, mtcnn-rnet/-onet and mobilenet-v2; {model} is a {task} model")
 
 
-def accuracy(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, logprob, params: dict | None = None,
-             batch: int = 2000) -> float:
-    """Top-1 accuracy in percent (0..100); ``params`` override the module's weights (projected weights)."""
-    correct = 0
+def correct(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, logprob, params: dict | None = None,
+            batch: int = 2000) -> np.ndarray:
+    """bool [n]: whether each sample's top-1 prediction is right (per-sample, for paired comparisons);
+    ``params`` override the module's weights (projected weights)."""
+    hits = []
     was = module.training
     module.eval()
     with torch.no_grad():
         for i in range(0, len(x), batch):
             out = forward(module, x[i:i + batch], params)
-            correct += int((logprob(out).argmax(1) == y[i:i + batch]).sum())
+            hits.append((logprob(out).argmax(1) == y[i:i + batch]).numpy())
     module.train(was)
-    return 100.0 * correct / max(len(x), 1)
+    return np.concatenate(hits) if hits else np.zeros(0, bool)
+
+
+def accuracy(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, logprob, params: dict | None = None,
+             batch: int = 2000) -> float:
+    """Top-1 accuracy in percent (0..100); ``params`` override the module's weights (projected weights)."""
+    return 100.0 * float(correct(module, x, y, logprob, params, batch).sum()) / max(len(x), 1)
 
 
 def forward(module, x, params: dict | None = None):
@@ -172,22 +202,27 @@ def fit(module: torch.nn.Module, data: TaskData, cfg: FitConfig, *, seed: int, s
         params_fn: Callable[[], dict] | None = None, after_step: Callable[[int], None] | None = None,
         teacher: torch.nn.Module | None = None, progress: "Reporter | None" = None,
         metric_fn: Callable[[], float] | None = None, step0: int = 0,
-        optimizer: torch.optim.Optimizer | None = None) -> dict:
+        optimizer: torch.optim.Optimizer | None = None, order_key: str | None = None) -> dict:
     """Train ``module`` for one stage with Adam. ``params_fn()`` gives the weights the forward pass uses (for a
     straight-through estimator: ``w + (q(w) - w).detach()``); ``after_step(global_step)`` runs after each
-    optimiser step (pruning, masks). Data order depends only on (seed, stage, epoch)."""
+    optimiser step (pruning, masks). Data order depends only on (seed, ``order_key`` or the stage, epoch):
+    stages given one key see the same batches (a method and its baselines)."""
     n = len(data.x_train)
     per_epoch = max(1, math.ceil(n / cfg.batch))
     total = cfg.steps if cfg.steps is not None else max(1, int(round(cfg.epochs * per_epoch)))
     opt = optimizer or torch.optim.Adam(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     module.train()
+    if data.freeze_bn:
+        for m in module.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
     if teacher is not None:
         teacher.eval()
     losses, step, epoch = [], 0, 0
     task = progress.start(stage, total) if progress else None
     t0 = time.perf_counter()
     while step < total:
-        gen = torch.Generator().manual_seed(derive_seed(seed, stage, "epoch", epoch))
+        gen = torch.Generator().manual_seed(derive_seed(seed, order_key or stage, "epoch", epoch))
         order = torch.randperm(n, generator=gen)
         for i in range(0, n, cfg.batch):
             if step >= total:
