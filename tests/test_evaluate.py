@@ -228,3 +228,85 @@ def test_minilm_stsb_paired(shared):
         assert v["ci_low"] <= v["value"] <= v["ci_high"]
         assert v["delta_ci_low"] <= v["delta"] <= v["delta_ci_high"]
     assert 0.9 < check(r, "w=None,a=int8")["agreement"] <= 1.0
+
+
+# ---- the Python API: bitsieve.evaluate on a live module and a real DataLoader ----------------------------------
+@pytest.fixture
+def classifier():
+    """A small MLP near a known linear rule, and 300 labelled samples in a DataLoader (shuffled: the API reads
+    the batches once, so every variant still sees the same samples in the same order)."""
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    truth = torch.randn(6, 16, generator=g)
+    x = torch.randn(300, 16, generator=g)
+    y = (x @ truth.T).argmax(1)
+    net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 6)).eval()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.cat([truth, -truth, torch.randn(20, 16, generator=g) * 0.1]) * 0.5)
+        net[0].bias.zero_()
+        net[2].weight.copy_(torch.cat([torch.eye(6), -torch.eye(6), torch.zeros(6, 20)], 1)
+                            + 0.3 * torch.randn(6, 32, generator=g))
+        net[2].bias.zero_()
+    return net, DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True, generator=g), x, y
+
+
+def _wilson(k, n, z=1.96):
+    p = k / n
+    c = (p + z * z / (2 * n)) / (1 + z * z / n)
+    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return c - h, c + h
+
+
+def test_api_evaluate_module(classifier):
+    import copy
+
+    import bitsieve
+
+    net, loader, x, y = classifier
+    before = [p.detach().clone() for p in net.parameters()]
+    t = bitsieve.evaluate(net, loader, methods=["truncate:keep=2", "bbs:k=2+truncate:keep=2"])
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))  # weights restored
+    assert [r["method"] for r in t["variants"]] == ["", "truncate:keep=2", "bbs:k=2+truncate:keep=2"]
+    with torch.no_grad():
+        k0 = int((net(x).argmax(1) == y).sum())
+        pruned = copy.deepcopy(net)
+        bitsieve.prune_(pruned, "truncate:keep=2")
+        k1 = int((pruned(x).argmax(1) == y).sum())
+    orig, var = t["variants"][0], t["variants"][1]
+    assert orig["n"] == 300 and orig["value"] == pytest.approx(100 * k0 / 300) and k0 > 150  # chance: 50
+    assert (orig["ci_low"], orig["ci_high"]) == pytest.approx(tuple(100 * v for v in _wilson(k0, 300)))
+    assert var["value"] == pytest.approx(100 * k1 / 300) and var["delta"] == pytest.approx(100 * (k1 - k0) / 300)
+    assert var["delta_ci_low"] <= var["delta"] <= var["delta_ci_high"] and var["changed_bits"] > 0
+    assert 0 < var["bits_removed_frac"] < 1 and 0 < var["agreement"] <= 1
+    assert orig["delta"] == 0 and (orig["delta_ci_low"], orig["delta_ci_high"]) == (0.0, 0.0)
+    assert '"metric": "top1"' in t.to_json()
+    import importlib.util
+
+    if importlib.util.find_spec("pandas"):
+        assert len(t.to_pandas()) == 3
+    else:
+        with pytest.raises(UserError, match="needs pandas"):
+            t.to_pandas()
+
+
+def test_api_evaluate_callable_metric_and_bf16(classifier):
+    import bitsieve
+
+    net, loader, x, y = classifier
+    nll = lambda out, target: -torch.nn.functional.cross_entropy(out.float(), target, reduction="none")  # noqa: E731
+    t = bitsieve.evaluate(net, loader, metric=nll)
+    with torch.no_grad():
+        assert t["variants"][0]["value"] == pytest.approx(float(nll(net(x), y).mean()), rel=1e-5)
+    lo, hi = t["variants"][0]["ci_low"], t["variants"][0]["ci_high"]
+    assert lo < t["original"] < hi and t["variants"][0]["mcnemar_p"] is None  # bootstrap, not Wilson
+    half = net.to(torch.bfloat16)
+    w = half[0].weight.detach().clone()
+    t = bitsieve.evaluate(half, [(x.bfloat16(), y)], methods="truncate:keep=2")  # a plain list of batches too
+    assert torch.equal(w, half[0].weight) and t["variants"][1]["changed_bits"] > 0
+    assert t["variants"][1]["value"] != t["variants"][0]["value"] or t["variants"][1]["agreement"] < 1
+    with pytest.raises(UserError, match="top1"):
+        bitsieve.evaluate(net, loader, metric="top5")
+    with pytest.raises(UserError, match="one model"):
+        bitsieve.prune_(net, ["truncate:keep=2", "bbs:k=2"])

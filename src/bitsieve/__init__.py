@@ -9,11 +9,16 @@ The Python API, for a live ``torch.nn.Module`` in a notebook as much as for a ch
     bitsieve.prune_(module, "bitx:keep=4")              # rewrite the module's weights in place
     rows = bitsieve.simulate(module, accel=["bitx", "stripes"], example_inputs=x, format="int16")
     rows = bitsieve.simulate("my-llama/", accel=["pragmatic"], inputs="ids.npy")  # HF folder or .onnx, run
+    t = bitsieve.evaluate(module, loader, metric="top1", methods=["bitx:keep=4", "bbs:k=2+bitx:keep=4"])
+                                                        # accuracy per variant, paired with the original
+
+Every ``methods`` list means variants (each one spec, or several composed in order with ``+``), as the
+command line's repeated ``--method`` does; ``prune_`` writes one model, so it takes one composition.
 
 Nothing heavy is imported until a function is used: the ``bitsieve`` command imports this package, and
-``bitsieve models`` / ``--help`` must not load torch. ``bitsieve.profile`` and ``bitsieve.simulate`` are also
-the submodules of the same name (``from bitsieve.profile import counts`` keeps working): calling the module
-calls its API function.
+``bitsieve models`` / ``--help`` must not load torch. ``bitsieve.profile``, ``bitsieve.simulate`` and
+``bitsieve.evaluate`` are also the submodules of the same name (``from bitsieve.profile import counts`` keeps
+working): calling the module calls its API function.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import sys
 import types
 
 __version__ = "0.1.0"
-__all__ = ["load", "pack", "profile", "prune_", "simulate", "__version__"]
+__all__ = ["evaluate", "load", "pack", "profile", "prune_", "simulate", "__version__"]
 
 
 def pack(x, format: str = "fp32", group: int = 64, align: str = "none", axis: int | None = None):
@@ -37,30 +42,27 @@ def pack(x, format: str = "fp32", group: int = 64, align: str = "none", axis: in
     return pack_planes(x, format, group, align, axis)
 
 
-def prune_(module, methods, format: str | None = None, group: int | None = None) -> list[dict]:
-    """Apply weight methods (``"bitx:keep=4"``, several as a list or joined with ``+``) to every Conv1d,
-    Conv2d and Linear weight of a live ``nn.Module``, in place, and return the per-layer counts. Without
-    ``format`` a method that reads a float format reads the module's own dtype (bf16 stays bf16)."""
-    import numpy as np
-    import torch
-
-    from . import formats
+def prune_(module, methods: str, format: str | None = None, group: int | None = None) -> list[dict]:
+    """Apply weight methods (``"bitx:keep=4"``, several composed in order with ``+``) to every Conv1d, Conv2d and
+    Linear weight of a live ``nn.Module``, in place, and return the per-layer counts. Without ``format`` a
+    method that reads a float format reads the module's own dtype (bf16 stays bf16). One model comes out, so a
+    list of several variants is refused (compose with ``+``)."""
     from . import methods as methods_mod
     from . import model as model_mod
+    from .evaluate import module_steps
+    from .errors import UserError
 
+    if not isinstance(methods, str):
+        if len(methods) != 1:
+            raise UserError("prune_ writes one model: compose methods with '+' (\"bbs:k=2+bitx:keep=4\"), "
+                            "not as a list of variants")
+        methods = methods[0]
     m = model_mod.load(module)
-    specs = [s.strip() for spec in ([methods] if isinstance(methods, str) else methods) for s in spec.split("+")]
-    steps = methods_mod.parse_specs(specs, {"format": format, "group": group})
-    if format is None:
-        steps = [methods_mod.parse_spec(spec, {"format": m.dtype(), "group": group})
-                 if "format=" not in spec and formats.get(step.params.get("format", "int8")).is_float else step
-                 for spec, step in zip(specs, steps)]
+    steps = module_steps(m, methods, format, group)
     layers = [layer for layer in m.layers if layer.kind != "other"]
     results = methods_mod.apply_model(layers, steps)
-    with torch.no_grad():
-        for layer, r in zip(layers, results):
-            param = module.get_submodule(layer.name).weight
-            param.copy_(torch.from_numpy(np.ascontiguousarray(r.weight)).reshape(param.shape).to(param.dtype))
+    for layer, r in zip(layers, results):
+        model_mod.set_weight(m, layer, r.weight)
     return [r.as_dict() for r in results]
 
 
@@ -91,7 +93,8 @@ def _builtin_names():
     return BUILTINS
 
 
-_CALLS = {"profile": lambda: importlib.import_module(__name__ + ".profile").profile, "simulate": lambda: _simulate}
+_CALLS = {"profile": lambda: importlib.import_module(__name__ + ".profile").profile, "simulate": lambda: _simulate,
+          "evaluate": lambda: importlib.import_module(__name__ + ".evaluate").evaluate_module}
 _LAZY = {"load": ("model", "load")}
 
 

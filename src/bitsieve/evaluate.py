@@ -267,7 +267,7 @@ def applied(m: model_mod.Model, steps: list, counts: dict):
         if weight_steps:
             res = methods.apply_model(layers, weight_steps)
             for layer, r in zip(layers, res):
-                layer.weight[...] = r.weight.reshape(layer.weight.shape)
+                model_mod.set_weight(m, layer, r.weight)
             counts["steps"] = [(sum(r.stats[i].bits_before for r in res), sum(r.stats[i].bits_after for r in res))
                                for i in range(len(weight_steps))]
             counts["changed_bits"] = sum(r.changed_bits for r in res)
@@ -279,7 +279,7 @@ def applied(m: model_mod.Model, steps: list, counts: dict):
             yield
     finally:
         for layer, w in zip(layers, saved):
-            layer.weight[...] = w
+            model_mod.set_weight(m, layer, w)
 
 
 # ---- fixed-point numerics ---------------------------------------------------------------------------------
@@ -504,3 +504,133 @@ def tidy_rows(result: dict) -> list[dict]:
              "agreement": "agreement"}
     return [row(result["model"], "*", metric, v[k], method=v["method"])
             for v in result["variants"] for k, metric in names.items() if v.get(k) is not None]
+
+
+# ---- the Python API: a live module on the user's own data ------------------------------------------------------
+class EvalResult(dict):
+    """``bitsieve.evaluate``'s table: ``model``, ``metric``, ``samples``, ``variants`` (one row per variant, the
+    original first); a dict (so ``json.dumps`` works) with table conversions for notebooks."""
+
+    def to_pandas(self):
+        """One row per variant (pandas is imported only here: not a dependency)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise UserError("to_pandas() needs pandas (pip install pandas); to_json() and the dict need nothing")
+        return pd.DataFrame(self["variants"])
+
+    def to_json(self) -> str:
+        return json.dumps(self, default=str)
+
+
+def module_steps(m: model_mod.Model, spec: str, fmt: str | None, group: int | None) -> list:
+    """The steps of one variant (methods composed with '+') for a live module. Without ``fmt`` a method that
+    reads a float format reads the module's own dtype (pruning bf16 weights in fp32 planes would prune bits
+    that are not there)."""
+    specs = split_variants([spec])[0]
+    steps = methods.parse_specs(specs, {"format": fmt, "group": group})
+    if fmt is None:
+        steps = [methods.parse_spec(p, {"format": m.dtype(), "group": group})
+                 if "format=" not in p and formats.get(st.params.get("format", "int8")).is_float else st
+                 for p, st in zip(specs, steps)]
+    return steps
+
+
+def _top1(output, target):
+    """Per-sample correctness of the arg-max class, and the predictions (for agreement)."""
+    logits = getattr(output, "logits", output)
+    if isinstance(logits, (tuple, list)):
+        logits = logits[0]
+    if not isinstance(logits, torch.Tensor):
+        raise UserError(f"metric='top1' needs the model to return logits, got {type(output).__name__}")
+    pred = logits.argmax(-1).reshape(-1).cpu().numpy()
+    truth = np.asarray(target.cpu() if isinstance(target, torch.Tensor) else target).reshape(-1)
+    if pred.shape != truth.shape:
+        raise UserError(f"metric='top1': {pred.size} predictions for {truth.size} labels")
+    return pred == truth, pred
+
+
+def _split(batch):
+    """A DataLoader batch -> (positional args, keyword args, target): ``(inputs, target)`` pairs (inputs a tensor
+    or a tuple of them) or dicts with a ``labels``/``label`` entry (the rest are the module's keyword args)."""
+    if isinstance(batch, dict):
+        key = next((k for k in ("labels", "label") if k in batch), None)
+        if key is None:
+            raise UserError("a dict batch needs a 'labels' entry")
+        return (), {k: v for k, v in batch.items() if k != key}, batch[key]
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        x, y = batch
+        return (tuple(x) if isinstance(x, (tuple, list)) else (x,)), {}, y
+    raise UserError("each batch must be (inputs, targets) or a dict with 'labels'")
+
+
+def _module_scores(m: model_mod.Model, batches, score) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-sample scores (and predictions, where the metric has them) of the module over the cached batches."""
+    scores, preds = [], []
+    with torch.no_grad():
+        for args, kwargs, target in batches:
+            out = score(m.module(*args, **kwargs), target)
+            s, p = out if isinstance(out, tuple) else (out, None)
+            scores.append(np.asarray(s.cpu() if isinstance(s, torch.Tensor) else s, dtype=np.float64).reshape(-1))
+            if p is not None:
+                preds.append(p)
+    return np.concatenate(scores), (np.concatenate(preds) if preds else None)
+
+
+def evaluate_module(model, dataloader, metric="top1", methods=(), format: str | None = None,
+                    group: int | None = None) -> EvalResult:
+    """The metric of a live ``nn.Module`` on the user's data for the original weights and for each method
+    variant (``"bitx:keep=4"``; several composed with ``+``), all paired on the same samples in the same order
+    (the batches are read once and reused; the weights are restored after each variant).
+
+    ``metric``: ``"top1"`` (arg-max of the logits against integer labels, in %) or a callable ``(output,
+    target) -> one value per sample`` (its mean is reported; 0/1 values are proportions). Each row has
+    ``value``, ``n``, the 95 % interval ``ci_low``/``ci_high`` (Wilson for proportions, else bootstrap), the
+    paired change ``delta`` with its 95 % paired-bootstrap interval, ``agreement`` with the original's
+    predictions (top1) and McNemar's ``mcnemar_p`` (proportions), bit counts and ``seconds``."""
+    if not isinstance(model, torch.nn.Module):
+        raise UserError("bitsieve.evaluate takes a live torch.nn.Module (use `bitsieve eval` for a built-in)")
+    if metric == "top1":
+        score, scale, name = _top1, 100.0, "top1"
+    elif callable(metric):
+        score, scale, name = metric, 1.0, getattr(metric, "__name__", "metric")
+    else:
+        raise UserError(f"metric must be 'top1' or a callable (output, target) -> per-sample values, got {metric!r}")
+    m = model_mod.load(model)
+    plans = [(spec, module_steps(m, spec, format, group)) for spec in ([methods] if isinstance(methods, str)
+                                                                       else list(methods))]
+    batches = [_split(b) for b in dataloader]
+    if not batches:
+        raise UserError("the dataloader yields no batches")
+    training = model.training
+    model.eval()
+    runs = []
+    try:
+        for label, steps in [("", []), *plans]:
+            counts: dict = {}
+            t0 = time.perf_counter()
+            with applied(m, steps, counts):
+                scores, preds = _module_scores(m, batches, score)
+            runs.append((label, steps, scores, preds, counts, time.perf_counter() - t0))
+    finally:
+        model.train(training)
+    base, base_pred = runs[0][2], runs[0][3]
+    rows = []
+    for label, steps, s, pred, counts, secs in runs:
+        if s.shape != base.shape:
+            raise UserError(f"variant {label!r} gave {s.size} per-sample values, the original {base.size}")
+        binary = bool(np.isin(s, (0.0, 1.0)).all() and np.isin(base, (0.0, 1.0)).all())
+        lo, hi = stats.wilson(int(s.sum()), s.size) if binary else stats.bootstrap(s, "mean", BOOT, SEED)
+        dlo, dhi = stats.paired_bootstrap(base, s, "mean", BOOT, SEED)
+        v = Variant("+".join(st.spec() for st in steps), None, secs, counts.get("steps", []),
+                    counts.get("changed_bits", 0))
+        rows.append({"method": label, "spec": v.spec, "metric": name, "value": scale * float(s.mean()),
+                     "n": int(s.size), "ci_low": scale * lo, "ci_high": scale * hi,
+                     "delta": scale * float(s.mean() - base.mean()), "delta_ci_low": scale * dlo,
+                     "delta_ci_high": scale * dhi,
+                     "agreement": stats.agreement(pred, base_pred) if pred is not None and base_pred is not None
+                     else None,
+                     "mcnemar_p": stats.mcnemar_p(int((base.astype(bool) & ~s.astype(bool)).sum()),
+                                                  int((~base.astype(bool) & s.astype(bool)).sum())) if binary else None,
+                     "bits_removed_frac": v.bits_removed_frac, "changed_bits": v.changed_bits, "seconds": secs})
+    return EvalResult(model=m.name, metric=name, samples=int(base.size), original=rows[0]["value"], variants=rows)

@@ -271,13 +271,23 @@ def _load_module(module: nn.Module, include_other: bool) -> Model:
 
 
 def set_weight(model: Model, layer: Layer, weight: np.ndarray) -> None:
-    """Write ``weight`` (the layer's [O, ...] layout) into the module's parameter in its own dtype and layout:
-    the layer's array is a view only for float32 CPU parameters."""
+    """Make ``weight`` (the layer's [O, ...] layout) what the layer computes: written into the module's
+    parameter in its own dtype and layout (a float32 CPU parameter is shared with ``layer.weight``; any other is
+    a copy, kept equal to the parameter's rounded values)."""
+    w = np.asarray(weight, dtype=np.float32).reshape(layer.weight.shape)
+    if model.module is None:
+        layer.weight[...] = w
+        return
     param = model.module.get_submodule(layer.name).weight
-    w = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
-    w = w.reshape(layer.weight.shape).T if layer.transposed else w.reshape(param.shape)
+    if param.dtype == torch.float32 and param.device.type == "cpu" and \
+            np.shares_memory(layer.weight, param.detach().numpy()):
+        layer.weight[...] = w
+        return
+    t = torch.from_numpy(np.ascontiguousarray(w))
     with torch.no_grad():
-        param.copy_(w.to(param.dtype))
+        param.copy_((t.T if layer.transposed else t.reshape(param.shape)).to(param.dtype))
+        back = param.detach().float().cpu()
+    layer.weight[...] = (back.T if layer.transposed else back).reshape(layer.weight.shape).numpy()
 
 
 def _run_module(model: Model, inputs, keep: bool) -> None:
