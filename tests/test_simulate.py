@@ -135,3 +135,47 @@ def test_accelerators_command(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert {r["name"] for r in rows} == set(ACCELERATORS)
     assert all(r["confidence"] and r["source"] and set(r["params"]) <= set(r["cite"]) for r in rows)
+
+
+def test_gemv_latency_is_memory_bound(tmp_path, capsys):
+    """Decoding (--tokens 1) streams every weight once per token: at the DRAM bandwidth of memory.toml that
+    takes far longer than the compute, so skipping weight bits, which only cuts compute, leaves the latency
+    where it was (speed-up with memory ~1) while the compute-only speed-up is large. A GEMM of many tokens is
+    compute-bound: there the two speed-ups agree."""
+    import tomllib
+    from importlib import resources
+
+    O, I = 1024, 1024
+    torch.manual_seed(0)
+    torch.save({"fc.weight": torch.randn(O, I)}, tmp_path / "w.pt")
+    bandwidth = tomllib.loads(resources.files("bitsieve.accel").joinpath("data", "memory.toml").read_text())[
+        "dram"]["bits_per_cycle"]
+    dram = (O * I + I + O) * 8 / bandwidth  # int8 weights, input and output each moved once
+    got = run_json(capsys, str(tmp_path / "w.pt"), "--tokens", "1", "--accel", "bitvert,bitwave", "--format",
+                   "int8", "--method", "bbs:k=2")
+    assert any("1 tokens" in n for n in got["notes"])
+    for s in got["summary"]:
+        assert s["dram_cycles"] == dram and s["cycles"] < dram
+        assert s["latency_cycles"] == dram and s["speedup_memory"] == pytest.approx(1.0)
+    compute = {(s["accel"], s["method"]): s["speedup"] for s in got["summary"]}
+    assert max(compute.values()) >= 2.0  # what a compute-only figure would promise
+    got = run_json(capsys, str(tmp_path / "w.pt"), "--tokens", "512", "--accel", "bitvert", "--format", "int8")
+    s = next(s for s in got["summary"] if s["accel"] == "bitvert")
+    assert s["cycles"] > s["dram_cycles"] and s["speedup_memory"] == pytest.approx(s["speedup"])
+    assert s["latency_cycles"] == s["cycles"]
+    assert main(["simulate", str(tmp_path / "w.pt"), "--tokens", "1", "--accel", "bitvert", "--format", "int8"]) == 0
+    text = capsys.readouterr().out
+    assert "speed-up with memory" in text and "GEMMs of 1 tokens" in text
+
+
+def test_input_shape_for_state_dict_convs(tmp_path, capsys):
+    torch.manual_seed(0)
+    torch.save({"c1.weight": torch.randn(8, 3, 3, 3), "c2.weight": torch.randn(16, 8, 1, 1),
+                "fc.weight": torch.randn(10, 16)}, tmp_path / "w.pt")
+    got = run_json(capsys, str(tmp_path / "w.pt"), "--input-shape", "1x3x32x32", "--accel", "bitwave",
+                   "--format", "int8")
+    macs = {i["name"]: i["macs"] for i in got["layers"]}
+    assert macs == {"c1": 8 * 3 * 9 * 32 * 32, "c2": 16 * 8 * 32 * 32, "fc": 10 * 16}
+    assert any("32x32 input" in n and "'same' padding" in n for n in got["notes"])
+    assert any("one token" in n for n in got["notes"])  # --tokens not given: said, not hidden
+    assert "--input-shape" in error_line(capsys, "simulate", str(tmp_path / "w.pt"), "--input-shape", "32")
