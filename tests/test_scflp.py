@@ -259,6 +259,9 @@ def test_short_run_accuracies_are_pinned(short_run):
         assert got[k] == pytest.approx(a, abs=0.5), k
     d = r["variants"]["exhaustive"]
     assert d["n_test"] == 2000 and d["accuracy_ci"][0] < d["accuracy"] < d["accuracy_ci"][1]
+    pe = r["paired"]["exhaustive-none"]  # removing the planted duplicates helps FLP at 90% in this short run
+    assert pe["diff"] == pytest.approx(got["exhaustive"] - got["none"]) and pe["ci"][0] > 0 and pe["mcnemar_p"] < 0.01
+    assert r["paired"]["stochastic-dense"]["diff"] == pytest.approx(got["stochastic"] - got["dense"])
 
 
 def test_short_run_aiows_runtime_policy_below_the_oracle(short_run):

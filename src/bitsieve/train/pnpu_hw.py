@@ -40,9 +40,11 @@ class WeightMemory:
     def iteration(self):
         self.words["train"] += self.per_iter
 
-    def prune_step(self, before: dict, after: dict, clp_read: int):
-        """One pruning step: FLP's scan of the stored weights, CLP's filter reads, the write-back of new zeros."""
-        self.words["prune_flp_read"] += sum(int((before[n] != 0).sum()) for n in self.names)
+    def prune_step(self, before: dict, after: dict, clp_read: int, scanned: bool = True):
+        """One pruning step: FLP's scan of the stored weights (if ``scanned``), CLP's filter reads, the write-back
+        of new zeros."""
+        if scanned:
+            self.words["prune_flp_read"] += sum(int((before[n] != 0).sum()) for n in self.names)
         self.words["prune_clp_read"] += int(clp_read)
         self.words["prune_write"] += sum(int(((before[n] != 0) & (after[n] == 0)).sum()) for n in self.names)
         self.refresh(after)

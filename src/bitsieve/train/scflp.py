@@ -318,9 +318,10 @@ class SCFLPConfig:
     clp: str = "stochastic"  # the headline coarse step (AIOWS, memory and energy are measured on it)
     compare: bool = True  # also train the other coarse steps (stochastic, exhaustive, none) from the same start
     sample: float = 0.05  # stochastic CLP: share of a layer's alive channels sampled per pruning step (>= 2)
+    clp_every: int = 0  # stochastic CLP also runs every N iterations between pruning steps (0: only at them)
     threshold: float = 0.9  # cosine similarity above which two filters are redundant
     max_channel_frac: float = 0.5  # CLP removes at most this share of a layer's output channels
-    widen: float = 0.5  # lenet-mnist: share of each hidden layer's channels given a planted duplicate (0: none)
+    widen: float = 0.5  # lenet-mnist only: share of each hidden layer's channels given a planted duplicate
     noise: float = 0.1  # the duplicates' noise, relative to the filter's RMS (cosine about 1/sqrt(1+noise^2))
     lanes: int = 16  # cores working on one layer (PNPU: 16 AIOWS DNN cores)
     balance: bool = True  # weight sparsity balancer (else channels go round-robin to cores)
@@ -344,8 +345,8 @@ class SCFLPConfig:
             raise UserError("scflp: sample must be in (0, 1]")
         if not 0 <= self.widen <= 1 or not 0 <= self.noise <= 10:
             raise UserError("scflp: widen must be in [0, 1] and noise in [0, 10]")
-        if self.energy_images < 0:
-            raise UserError("scflp: energy_images must be >= 0")
+        if self.energy_images < 0 or self.clp_every < 0:
+            raise UserError("scflp: energy_images and clp_every must be >= 0")
 
 
 def target_sparsity(it: int, total: int, cfg: SCFLPConfig) -> float:
@@ -369,7 +370,7 @@ class Pruner:
         self.masks = {n: torch.ones_like(m.weight) for n, m in self.layers}
         self.removed = {n: torch.zeros(m.weight.shape[0], dtype=torch.bool) for n, m in self.layers}
         self.removed_at = {n: torch.full((m.weight.shape[0],), -1, dtype=torch.int64) for n, m in self.layers}
-        self.sim = {"computed": 0, "computed_macs": 0, "steps": 0, "channels_removed": 0}
+        self.sim = {"computed": 0, "computed_macs": 0, "steps": 0, "coarse_steps": 0, "channels_removed": 0}
         self.max_sim = {n: -1.0 for n, _ in self.layers[:-1]}
         self.memory = WeightMemory(self.layers, self.masks)
 
@@ -381,18 +382,19 @@ class Pruner:
                 if m.bias is not None:
                     m.bias.masked_fill_(self.removed[name], 0.0)
 
-    def prune(self, it: int):
-        """One pruning step at iteration ``it``: CLP (if on), then FLP to the current target."""
+    def prune(self, it: int, fine: bool = True):
+        """One pruning step at iteration ``it``: CLP (if on), then FLP to the current target (unless ``fine`` is
+        off: a coarse step between pruning steps)."""
         s = target_sparsity(it, self.total, self.cfg)
         if s <= 0:
             return
-        self.sim["steps"] += 1
+        self.sim["steps" if fine else "coarse_steps"] += 1
         before = {n: m.clone() for n, m in self.masks.items()}
         clp_read = 0
         if self.clp != "none":
             for name, m in self.layers[:-1]:  # never the classifier
                 clp_read += self._clp(name, m, it)
-        for name, m in self.layers:
+        for name, m in self.layers if fine else ():
             w = (m.weight.detach() * self.masks[name]).abs().flatten()
             n_zero = int(round(s * w.numel()))
             mask = self.masks[name].flatten().clone()
@@ -401,7 +403,7 @@ class Pruner:
                 mask[order[:n_zero]] = 0
                 self.masks[name] = mask.reshape(m.weight.shape)
         self.apply()
-        self.memory.prune_step(before, self.masks, clp_read)
+        self.memory.prune_step(before, self.masks, clp_read, scanned=fine)
 
     def similarity(self, w: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of the filter pairs (w[a[k]], w[b[k]]): the only place CLP computes similarities,
@@ -518,8 +520,9 @@ def run(model_name: str, cfg: SCFLPConfig, out_dir=None, resume: bool = False, f
                     if pruner is None:
                         return
                     pruner.memory.iteration()
-                    if it % cfg.interval == 0:
-                        pruner.prune(it)
+                    pruning = it % cfg.interval == 0
+                    if pruning or (pruner.clp == "stochastic" and cfg.clp_every and it % cfg.clp_every == 0):
+                        pruner.prune(it, fine=pruning)
                         if counter is not None:
                             counter.masks, counter.removed = pruner.masks, pruner.removed
                             counter.reassign()
@@ -603,6 +606,31 @@ def agreement(a: dict, b: dict) -> dict:
     return {"both": both, "only_first": only_a, "only_second": only_b, "jaccard": both / union if union else None}
 
 
+def correct_flags(module, data) -> np.ndarray:
+    """Per test sample, whether the top-1 prediction is right: the input of paired comparisons."""
+    was = module.training
+    module.eval()
+    with torch.no_grad():
+        pred = torch.cat([data.logprob(module(data.x_test[i:i + 2000])).argmax(1)
+                          for i in range(0, len(data.x_test), 2000)])
+    module.train(was)
+    return (pred == data.y_test).numpy()
+
+
+def paired(flags: dict, pairs) -> dict:
+    """Accuracy change var - base in points with a paired bootstrap 95% interval and the exact McNemar p."""
+    from ..stats import mcnemar_p, paired_bootstrap
+
+    res = {}
+    for var, base in pairs:
+        if var in flags and base in flags:
+            a, b = flags[base], flags[var]
+            lo, hi = paired_bootstrap(a, b, seed=0)
+            res[f"{var}-{base}"] = {"diff": 100 * float(b.mean() - a.mean()), "ci": [100 * lo, 100 * hi],
+                                    "mcnemar_p": mcnemar_p(int((a & ~b).sum()), int((~a & b).sum()))}
+    return res
+
+
 def summarise(model_name: str, cfg: SCFLPConfig, out: dict, data, ck: Checkpoints, pnpu: dict) -> dict:
     from .. import results
     from ..stats import wilson
@@ -626,6 +654,7 @@ def summarise(model_name: str, cfg: SCFLPConfig, out: dict, data, ck: Checkpoint
                       "removed_at": {n: [int(x) for x in t[t >= 0].tolist()] for n, t in pruner.removed_at.items()},
                       "similarity_computations": pruner.sim["computed"],
                       "similarity_macs": pruner.sim["computed_macs"], "pruning_steps": pruner.sim["steps"],
+                      "coarse_only_steps": pruner.sim["coarse_steps"],
                       "max_similarity": dict(pruner.max_sim), "planted": planted_outcome(pruner.removed, planted),
                       "weight_memory": pruner.memory.summary()})
         vres[v] = d
@@ -634,6 +663,9 @@ def summarise(model_name: str, cfg: SCFLPConfig, out: dict, data, ck: Checkpoint
         agree = agreement(out["stochastic"]["pruner"].removed, out["exhaustive"]["pruner"].removed)
         s, e = vres["stochastic"]["similarity_computations"], vres["exhaustive"]["similarity_computations"]
         agree["computation_saving"] = 1.0 - s / e if e else None
+    flags = {v: correct_flags(out[v]["module"], data) for v in variants(cfg)}
+    pairs = paired(flags, [("stochastic", "exhaustive"), ("stochastic", "none"), ("exhaustive", "none"),
+                           (cfg.clp, "dense")])
     sk = out[cfg.clp]["counter"].summary()
     head = vres[cfg.clp]
     method = f"scflp:sparsity={cfg.sparsity},interval={cfg.interval},clp={cfg.clp},sample={cfg.sample}"
@@ -661,6 +693,7 @@ def summarise(model_name: str, cfg: SCFLPConfig, out: dict, data, ck: Checkpoint
     return {
         "method": "scflp", "source": SOURCE, "model": model_name, "data": data.note, "config": asdict(cfg),
         "start": out["start"], "variants": vres, "headline": cfg.clp, "agreement": agree,
+        "paired": pairs,
         "zero_skipping": sk, "pnpu_efficiency": pnpu, "claims": CLAIMS,
         "stages_run": list(ck.ran), "stages_loaded": list(ck.loaded), "rows": rows,
     }
@@ -684,12 +717,13 @@ def render(r: dict) -> list:
            f"{r['data']}"]
     n_pl = sum(len(p) for p in st["planted"].values())
     widths = ", ".join(f"{k} {v}" for k, v in st["widths"].items())
-    out.append(f"start: the pretrained model" + (f" widened with {n_pl} planted near-duplicate filters (Net2Wider, "
+    out.append("start: the pretrained model" + (f" widened with {n_pl} planted near-duplicate filters (Net2Wider, "
                                                 f"noise {cfg['noise']}; widths {widths})" if n_pl else "")
                + f", test accuracy {st['accuracy']:.2f}% before fine-tuning; every variant fine-tunes "
                f"{cfg['epochs']} epochs from it on the same data order")
     t = Table(title=f"coarse step on the same start: prune every {cfg['interval']} iterations, cosine > "
-                    f"{cfg['threshold']}, stochastic sample {cfg['sample']}")
+                    f"{cfg['threshold']}, stochastic sample {cfg['sample']}"
+                    + (f", stochastic CLP also every {cfg['clp_every']} iterations" if cfg["clp_every"] else ""))
     for col in ("variant", "channels removed", "planted pairs: one / both / missed", "removed outside pairs",
                 "similarity computations", "acc % [95% CI]", "n", "weight sparsity %"):
         t.add_column(col, justify="left" if col == "variant" else "right", no_wrap=col == "variant")
@@ -711,6 +745,10 @@ def render(r: dict) -> list:
                    f"fewer similarity computations, as executed (paper: {r['claims']['pruning_work_saving_pct']}% "
                    f"less pruning work than its previous WP algorithm); channels removed by both {a['both']}, only "
                    f"stochastic {a['only_first']}, only exhaustive {a['only_second']} (Jaccard {_f(a['jaccard'])})")
+    if r["paired"]:
+        out.append("accuracy changes on the same test samples (paired bootstrap 95% interval, exact McNemar p): "
+                   + "; ".join(f"{k.replace('-', ' - ')} {d['diff']:+.2f} points [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]"
+                               f" p={d['mcnemar_p']:.3g}" for k, d in r["paired"].items()))
     h = vs[r["headline"]]
     out.append(f"weight sparsity {100 * h['weight_sparsity']:.1f}% measured = the configured target "
                f"{100 * cfg['sparsity']:.0f}% (FLP prunes every layer to it by construction); of all weights "
