@@ -246,7 +246,8 @@ def test_short_run_coarse_step_finds_the_planted_duplicates(short_run):
     assert r["agreement"]["computation_saving"] == pytest.approx(1 - 4863 / 239517)
     assert (r["agreement"]["both"], r["agreement"]["only_first"], r["agreement"]["only_second"]) == (15, 5, 98)
     # FLP reaches the configured target (by construction); channels CLP removes after the ramp add to it
-    assert no["weight_sparsity"] == pytest.approx(0.9, abs=2e-4) and ex["weight_sparsity"] == pytest.approx(0.9, abs=2e-4)
+    for d in (no, ex):
+        assert d["weight_sparsity"] == pytest.approx(0.9, abs=2e-4)
     assert st["weight_sparsity"] == pytest.approx(0.90273, abs=2e-5)
     assert no["structured_zero_frac"] == 0 and ex["structured_zero_frac"] > st["structured_zero_frac"] > 0
 

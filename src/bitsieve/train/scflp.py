@@ -649,7 +649,8 @@ def summarise(model_name: str, cfg: SCFLPConfig, out: dict, data, ck: Checkpoint
             structured = sum(int(r.sum()) * pruner.masks[n][0].numel() for n, r in pruner.removed.items())
             d.update({"weight_sparsity": sp["total"], "layer_sparsity": sp["layers"],
                       "structured_zero_frac": structured / sum(m.numel() for m in pruner.masks.values()),
-                      "channels_removed": sp["channels_removed"], "channels_removed_total": pruner.sim["channels_removed"],
+                      "channels_removed": sp["channels_removed"],
+                      "channels_removed_total": pruner.sim["channels_removed"],
                       "removed": {n: torch.nonzero(r).flatten().tolist() for n, r in pruner.removed.items()},
                       "removed_at": {n: [int(x) for x in t[t >= 0].tolist()] for n, t in pruner.removed_at.items()},
                       "similarity_computations": pruner.sim["computed"],
@@ -704,6 +705,10 @@ def _f(x, fmt="{:.2f}"):
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
 
 
+def _pct(x, fmt="{:.2f}"):
+    return _f(None if x is None else 100 * x, fmt)
+
+
 NAMES = {"dense": "dense (no pruning)", "stochastic": "stochastic CLP (SCFLP)", "exhaustive": "exhaustive CLP",
          "none": "no CLP (FLP only)"}
 
@@ -741,7 +746,7 @@ def render(r: dict) -> list:
     out.append(t)
     a = r["agreement"]
     if a:
-        out.append(f"stochastic vs exhaustive: {_f(100 * a['computation_saving'] if a['computation_saving'] is not None else None)}% "
+        out.append(f"stochastic vs exhaustive: {_pct(a['computation_saving'])}% "
                    f"fewer similarity computations, as executed (paper: {r['claims']['pruning_work_saving_pct']}% "
                    f"less pruning work than its previous WP algorithm); channels removed by both {a['both']}, only "
                    f"stochastic {a['only_first']}, only exhaustive {a['only_second']} (Jaccard {_f(a['jaccard'])})")
@@ -766,7 +771,7 @@ def render(r: dict) -> list:
                   style="bold" if key == "speedup_runtime" else ("dim" if key == "speedup_oracle" else None))
     out.append(t)
     out.append("runtime choice = oracle's in " + ", ".join(
-        f"{p.upper()} {_f(100 * sk['phases'][p]['agreement'] if sk['phases'][p]['agreement'] is not None else None, '{:.1f}')}%"
+        f"{p.upper()} {_pct(sk['phases'][p]['agreement'], '{:.1f}')}%"
         for p in PHASES) + " of layer-iterations. Operands: FP input = zero X; BP input = zero dY, output = dX not "
         "needed; WG 'weight' column = zero dY, output = gradients of pruned weights. Paper: 30.1x throughput over "
         "a prior learning processor [1] -- a different baseline (a whole chip), not dense training on the same lanes")
@@ -775,14 +780,15 @@ def render(r: dict) -> list:
                     "PNPU's weight-memory-shared pruning unit [I]")
     t.add_column("accesses", justify="left")
     t.add_column("words", justify="right")
-    for label, key in (("training (FP, BP reads; WG read + write)", "train"), ("pruning: FLP scan reads", "prune_flp_read"),
-                       ("pruning: CLP filter reads", "prune_clp_read"), ("pruning: write-back of new zeros", "prune_write"),
+    for label, key in (("training (FP, BP reads; WG read + write)", "train"),
+                       ("pruning: FLP scan reads", "prune_flp_read"), ("pruning: CLP filter reads", "prune_clp_read"),
+                       ("pruning: write-back of new zeros", "prune_write"),
                        ("separate pruning unit: total", "separate_unit_total"),
                        ("shared pruning unit: total", "shared_unit_total")):
         t.add_row(label, f"{m[key]:,}")
     out.append(t)
     out.append(f"the shared pruning unit saves {m['saved']:,} weight-memory words, "
-               f"{_f(100 * m['saved_frac'] if m['saved_frac'] is not None else None, '{:.2f}')}% of the separate "
+               f"{_pct(m['saved_frac'])}% of the separate "
                f"unit's total (the share follows mostly from pruning every {cfg['interval']} iterations)")
     e = r["pnpu_efficiency"]
     if e:
