@@ -9,6 +9,11 @@ flags, per-value exponents and a group exponent for floats.
 Float groups can be aligned to the group's largest weight exponent (methods.md decision 3): each significand
 is right-shifted by (group max exponent - own exponent), truncating; subnormals use exponent field 1. With
 ``align='none'`` the planes hold the exact bits and ``unpack_raw`` gives back the input bit for bit.
+
+MX block formats (formats.py) are their element format plus the block's shared E8M0 scale, kept per value in
+``bexp``: the kernel reads the element bits as it reads any float or int. MX scales each block so that its
+largest element has the element's top exponent (unless the scale is clamped at 2^-127), so aligning a group to its largest element exponent aligns
+every block in it to its own shared scale, as MX hardware does.
 """
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ class Planes:
     lost: np.ndarray  # int32 [n_groups] one-bits shifted out by alignment
     scale: np.ndarray | None = None  # real value of one integer step per output channel (quantised ints)
     lane_valid: np.ndarray | None = None  # uint64 [n_groups]: real lanes of a lane layout (bitsieve.lanes)
+    bexp: np.ndarray | None = None  # uint8 [n_groups, G]: MX E8M0 scale field of each value's block
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     # ---- geometry -------------------------------------------------------------------------------
@@ -112,16 +118,22 @@ class Planes:
         if f.is_float:
             e = self.gexp[:, None] if self.align == "weight" else self.exps
             v = np.ldexp(mags, e.astype(np.int64) - f.bias - f.frac)
-            special = e == (1 << f.exp_bits) - 1  # inf / nan keep their meaning
-            if special.any():
-                frac = mags.astype(np.uint32) & np.uint32((1 << f.frac) - 1)
-                v = np.where(special, np.where(frac == 0, np.inf, np.nan), v)
+            if f.specials != "none":  # inf / nan keep their meaning (never shifted: theirs is the top exponent)
+                fmask = np.uint32((1 << f.frac) - 1)
+                frac = mags.astype(np.uint32) & fmask
+                special = self.exps == (1 << f.exp_bits) - 1
+                if f.specials == "nan":  # e4m3fn: the rest of the top binade is finite
+                    special = special & (frac == fmask)
+                if special.any():
+                    v = np.where(special, np.where((frac == 0) & (f.specials == "ieee"), np.inf, np.nan), v)
         elif f.twos:
             v = mags - np.where(sign, 2.0 ** f.width, 0.0)
         else:
             v = mags
         if not f.twos:
             v = np.where(sign, -v, v)  # keeps -0.0
+        if self.bexp is not None:  # MX: the block's shared scale
+            v = np.ldexp(v, self.bexp.astype(np.int64) - formats.E8M0_BIAS)
         if self.scale is not None:
             s = np.asarray(self.scale, dtype=np.float64).reshape(-1)
             v = v * (s[self.channel_of_group()][:, None] if s.size > 1 else s[0])  # per channel or per tensor
@@ -133,7 +145,8 @@ class Planes:
         """uint32 raw bit patterns in the original shape; bit-exact inverse of ``pack_raw`` when align='none'."""
         f = self.fmt
         if f.is_float and self.align != "none":
-            return f.encode(self.values())
+            shared = None if self.bexp is None else self._ungroup(self.bexp)
+            return f.encode(self.values(), axis=self.axis, shared=shared)
         mags = self.magnitudes()
         sign = _bits(self.signs, self.group).astype(np.uint32)
         if f.is_float:
@@ -144,6 +157,8 @@ class Planes:
             raw = mags
         else:
             raw = (sign << np.uint32(f.width - 1)) | mags
+        if self.bexp is not None:
+            raw |= self.bexp.astype(np.uint32) << np.uint32(f.width)
         return self._ungroup(raw)
 
     def _ungroup(self, a: np.ndarray) -> np.ndarray:
@@ -178,16 +193,23 @@ def pack_raw(raw, fmt, group: int = 64, align: str = "none", axis: int | None = 
         fmt.is_float and align == "weight")
     if not fmt.is_float:
         exps = gexp = None
+    bexp = None
+    if fmt.block:  # the MX scale field of every value, laid out like the groups (padding: 0)
+        pad = -rows.shape[1] % int(group)
+        bexp = np.pad(fmt.shared_exp(rows), [(0, 0), (0, pad)]).reshape(-1, int(group))
     return Planes(fmt, int(group), align, tuple(shape), axis, words, signs, nonzero, exps, gexp, lost,
-                  None if scale is None else np.asarray(scale, dtype=np.float64))
+                  None if scale is None else np.asarray(scale, dtype=np.float64), bexp=bexp)
 
 
 def pack(x, fmt="fp32", group: int = 64, align: str = "none", axis: int | None = None,
          per_channel: bool = True) -> Planes:
     """Real values -> Planes. Floats are cast to ``fmt``; int/fixed formats quantise real values first
-    (symmetric scale per output channel = axis 0, or per tensor with ``per_channel=False``)."""
+    (symmetric scale per output channel = axis 0, or per tensor with ``per_channel=False``); MX formats scale
+    blocks along the group axis."""
     fmt = formats.get(fmt) if isinstance(fmt, str) else fmt
     x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    if fmt.block:
+        return pack_raw(fmt.encode(x, axis=default_axis(x.ndim) if axis is None else axis), fmt, group, align, axis)
     if fmt.is_float or np.issubdtype(x.dtype, np.integer):
         return pack_raw(fmt.encode(x), fmt, group, align, axis)
     q, scale = fmt.quantize(x, axis=0 if per_channel and x.ndim >= 2 else None)
