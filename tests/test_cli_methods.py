@@ -33,6 +33,9 @@ def test_prune_builtin_writes_weights_and_sidecar(tmp_path, capsys):
     o = tmp_path / "p.safetensors"
     rc, out, err = run(capsys, "prune", "lenet-mnist", "--method", "bbs:k=2", "--method", "bitx:keep=4",
                        "--format", "int8", "-o", str(o))
+    assert rc == 2 and "compose the methods with '+'" in err and "\n" not in err.strip() and not o.exists()
+    rc, out, err = run(capsys, "prune", "lenet-mnist", "--method", "bbs:k=2+bitx:keep=4", "--format", "int8",
+                       "-o", str(o))
     assert rc == 0, err
     side = json.loads(o.with_suffix(".json").read_text())
     assert side["model"] == "lenet-mnist"

@@ -191,3 +191,68 @@ def test_hf_gpt2_conv1d_and_text(tmp_path, capsys):
     (tmp_path / "tokenizer.json").unlink()
     assert "tokenizer" in error_line(capsys, "simulate", str(tmp_path), "--inputs", str(tmp_path / "in.txt"),
                                      "--accel", "pragmatic")
+
+
+# ---- eval and compare on user models --------------------------------------------------------------------------
+def test_eval_onnx_with_labels(onnx_file, tmp_path, capsys):
+    """Top-1 of the ONNX graph run by the reference evaluator, for the original and a pruned variant, against
+    the same network computed with torch.nn.functional from the (pruned) weights."""
+    from bitsieve.methods import apply_model, parse_specs
+
+    path, x, (w1, w2, w3) = onnx_file
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((40, 3, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x40.npy", x)
+
+    def logits(a, b, c):
+        f = F.relu(F.conv2d(torch.from_numpy(x), torch.from_numpy(a), stride=2, padding=1)).flatten(1)
+        return (f @ torch.from_numpy(b).T @ torch.from_numpy(c)).numpy()
+
+    y = logits(w1, w2, w3).argmax(1)
+    y[::3] = (y[::3] + 1) % 5  # a third wrong on purpose
+    np.save(tmp_path / "y.npy", y)
+    assert main(["eval", str(path), "--inputs", str(tmp_path / "x40.npy"), "--labels", str(tmp_path / "y.npy"),
+                 "--method", "truncate:keep=1", "--json"]) == 0, capsys.readouterr().err
+    got = json.loads(capsys.readouterr().out)
+    orig, var = got["variants"]
+    assert orig["n"] == 40 and orig["value"] == pytest.approx(100 * np.mean(logits(w1, w2, w3).argmax(1) == y))
+    layers = [layer for layer in model_mod.load(path).layers if layer.kind != "other"]
+    pw = [r.weight for r in apply_model(layers, parse_specs(["truncate:keep=1,format=fp32"]))]
+    want = np.mean(logits(pw[0].reshape(w1.shape), pw[1], pw[2].T).argmax(1) == y)
+    assert var["value"] == pytest.approx(100 * want) and var["changed_bits"] > 0
+    assert var["agreement"] < 1.0 or var["value"] != orig["value"]
+    assert "--labels" in error_line(capsys, "eval", str(path), "--inputs", str(tmp_path / "x40.npy"))
+
+
+def test_eval_hf_next_token(llama, capsys):
+    """A causal LM on its own greedy continuation: next-token top-1 is 100 % on the generated part, and the
+    figure equals the one computed from the model's logits here."""
+    root, net, _ = llama
+    ids = torch.from_numpy(np.random.default_rng(3).integers(0, 96, (1, 4)))
+    with torch.no_grad():
+        for _ in range(8):
+            ids = torch.cat([ids, net(input_ids=ids).logits[:, -1:].argmax(-1)], 1)
+        want = (net(input_ids=ids).logits[:, :-1].argmax(-1) == ids[:, 1:]).float().mean().item()
+    np.save(root.parent / "greedy.npy", ids.numpy())
+    assert main(["eval", str(root), "--inputs", str(root.parent / "greedy.npy"), "--method", "truncate:keep=1",
+                 "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["metric"] == "next-token top1" and got["samples"] == 11
+    assert got["variants"][0]["value"] == pytest.approx(100 * want) and want >= 8 / 11
+    assert got["variants"][1]["bits_removed_frac"] > 0.5
+
+
+def test_compare_onnx_user_model(onnx_file, tmp_path, capsys):
+    """compare on a user model with --inputs keeps the designs that read activations (no labels: no accuracy)."""
+    path, _, _ = onnx_file
+    args = ["compare", str(path), "--inputs", str(tmp_path / "x.npy"), "--accel", "stripes,pragmatic,bitwave",
+            "--workers", "1", "--curves", "none", "--sensitivity", "0", "-o", str(tmp_path / "r.html"), "--json"]
+    assert main(args) == 0, capsys.readouterr().err
+    got = json.loads(capsys.readouterr().out)
+    designs = {d["design"]: d for d in got["designs"] if not d["method"]}
+    assert {"stripes", "pragmatic", "bitwave"} <= set(designs) and got["left_out"] == []
+    assert designs["pragmatic"]["speedup"] > 1.0 and designs["stripes"]["accuracy"] is None
+    direct = run_json(capsys, str(path), "--inputs", str(tmp_path / "x.npy"), "--accel", "pragmatic")
+    cyc = next(r["value"] for r in direct["rows"] if r["layer"] == "*" and r["accel"] == "pragmatic"
+               and r["metric"] == "cycles")
+    assert designs["pragmatic"]["cycles"] == cyc

@@ -46,57 +46,96 @@ def read_inputs(inputs):
 def onnx_activations(path: Path, layers: list, inputs) -> None:
     """Run the ONNX graph at ``path`` on ``inputs`` and store, on each conv/linear layer of ``layers`` (as
     ``bitsieve.model`` read them from the same file), the data operand its node saw: activation, in_shape and
-    out_shape, exactly as the torch hooks record them. A layer is found by its weight's values (not its name),
-    so any naming rule works."""
-    import onnx
-    from onnx.reference import ReferenceEvaluator
+    out_shape, exactly as the torch hooks record them."""
+    OnnxGraph(path, layers, inputs).capture()
 
-    proto = onnx.load(str(path))
-    graph = proto.graph
-    feeds = _onnx_feeds(graph, read_inputs(inputs))
-    consts = {t.name: t for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            consts.update({node.output[0]: a.t for a in node.attribute if a.name == "value"})
-    by_key: dict = {}
-    for layer in layers:
-        if layer.kind in ("conv", "linear"):
-            by_key.setdefault(_key(layer.weight), []).append(layer)
-    uses = []  # (node, weight operand index, data operand index, layer)
-    done = set()
-    for node in graph.node:
-        if node.op_type not in ("Conv", "Gemm", "MatMul"):
-            continue
-        for wi, name in enumerate(node.input[:2]):
-            if name not in consts:
+
+class OnnxGraph:
+    """An ONNX graph, fed from the user's inputs, run by the reference evaluator, with each conv/linear layer of
+    ``layers`` matched to the node that reads its weight. A layer is found by its weight's values (not its
+    name), so any naming rule works; only the first use of a shared weight counts, as with the torch hooks."""
+
+    def __init__(self, path: Path, layers: list, inputs):
+        import onnx
+
+        self.path = path
+        self.proto = onnx.load(str(path))
+        graph = self.proto.graph
+        self.feeds = _onnx_feeds(graph, read_inputs(inputs))
+        consts = {t.name: t for t in graph.initializer}
+        for node in graph.node:
+            if node.op_type == "Constant":
+                consts.update({node.output[0]: a.t for a in node.attribute if a.name == "value"})
+        by_key: dict = {}
+        for layer in layers:
+            if layer.kind in ("conv", "linear"):
+                by_key.setdefault(_key(layer.weight), []).append(layer)
+        self.uses = []  # (node, weight operand index, data operand index, layer, the stored tensor)
+        done = set()
+        for node in graph.node:
+            if node.op_type not in ("Conv", "Gemm", "MatMul"):
                 continue
-            w = _onnx_as_layer_weight(consts[name], node, wi)
-            layer = next((cand for cand in by_key.get(_key(w), []) if id(cand) not in done
-                          and np.array_equal(cand.weight, w)), None) if w is not None else None
-            if layer is not None:
-                done.add(id(layer))
-                uses.append((node, wi, 1 - wi if node.op_type != "Conv" else 0, layer))
-            break
-    if not uses:
-        raise UserError(f"{path}: no Conv, Gemm or MatMul node reads a conv/linear weight of the file")
-    try:
-        values = ReferenceEvaluator(proto).run(None, feeds, intermediate=True)
-    except Exception as exc:  # the reference evaluator raises whatever its operators raise
-        raise UserError(f"cannot run {path} on --inputs: {type(exc).__name__}: {one_line(str(exc))}") from None
-    for node, wi, di, layer in uses:
-        x = np.asarray(values[node.input[di]], dtype=np.float32)
-        y = np.asarray(values[node.output[0]], dtype=np.float32)
-        if node.op_type == "Conv":
-            if x.ndim == 3:  # Conv1d: a conv of height 1
-                x, y = x[:, :, None, :], y[:, :, None, :]
-        elif wi == 0:  # y = W @ x: the tokens are x's columns
-            x, y = np.swapaxes(x, -1, -2), np.swapaxes(y, -1, -2)
-        elif node.op_type == "Gemm" and _attrs(node).get("transA", 0):
-            x = x.T
-        if x.ndim == 1:
-            x, y = x[None], y[None]
-        layer.activation = np.ascontiguousarray(x)
-        layer.in_shape, layer.out_shape = tuple(x.shape[1:]), tuple(y.shape[1:])
+            for wi, name in enumerate(node.input[:2]):
+                if name not in consts:
+                    continue
+                w = _onnx_as_layer_weight(consts[name], node, wi)
+                layer = next((cand for cand in by_key.get(_key(w), []) if id(cand) not in done
+                              and np.array_equal(cand.weight, w)), None) if w is not None else None
+                if layer is not None:
+                    done.add(id(layer))
+                    self.uses.append((node, wi, 1 - wi if node.op_type != "Conv" else 0, layer, consts[name]))
+                break
+        if not self.uses:
+            raise UserError(f"{path}: no Conv, Gemm or MatMul node reads a conv/linear weight of the file")
+
+    def run(self, intermediate: bool = False):
+        from onnx.reference import ReferenceEvaluator
+
+        try:
+            return ReferenceEvaluator(self.proto).run(None, self.feeds, intermediate=intermediate)
+        except Exception as exc:  # the reference evaluator raises whatever its operators raise
+            raise UserError(f"cannot run {self.path} on --inputs: {type(exc).__name__}: {one_line(str(exc))}") \
+                from None
+
+    def capture(self) -> None:
+        """Each matched layer's activation, in_shape and out_shape from one run."""
+        values = self.run(intermediate=True)
+        for node, wi, di, layer, _ in self.uses:
+            x = np.asarray(values[node.input[di]], dtype=np.float32)
+            y = np.asarray(values[node.output[0]], dtype=np.float32)
+            if node.op_type == "Conv":
+                if x.ndim == 3:  # Conv1d: a conv of height 1
+                    x, y = x[:, :, None, :], y[:, :, None, :]
+            elif wi == 0:  # y = W @ x: the tokens are x's columns
+                x, y = np.swapaxes(x, -1, -2), np.swapaxes(y, -1, -2)
+            elif node.op_type == "Gemm" and _attrs(node).get("transA", 0):
+                x = x.T
+            if x.ndim == 1:
+                x, y = x[None], y[None]
+            layer.activation = np.ascontiguousarray(x)
+            layer.in_shape, layer.out_shape = tuple(x.shape[1:]), tuple(y.shape[1:])
+
+    def outputs(self, weights: dict | None = None) -> list:
+        """The graph's outputs with the matched layers' weights replaced by ``weights`` ({id(layer): array in
+        the layer's layout}), stored back in each tensor's own layout and dtype; the file is not changed."""
+        from onnx import TensorProto, numpy_helper
+
+        saved = []
+        try:
+            for node, wi, _, layer, tensor in self.uses:
+                if weights is None or id(layer) not in weights:
+                    continue
+                old = numpy_helper.to_array(tensor)
+                w = np.asarray(weights[id(layer)], dtype=np.float32).reshape(layer.weight.shape)
+                w = w.reshape(old.shape) if node.op_type == "Conv" else (w.T if _flip(node, wi) else w)
+                copy = TensorProto()
+                copy.CopyFrom(tensor)
+                saved.append((tensor, copy))
+                tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w).astype(old.dtype), tensor.name))
+            return self.run()
+        finally:
+            for tensor, old in saved:
+                tensor.CopyFrom(old)
 
 
 def _key(w: np.ndarray) -> tuple:
@@ -121,12 +160,16 @@ def _onnx_as_layer_weight(tensor, node, index: int) -> np.ndarray | None:
         return w[:, :, None, :] if w.ndim == 3 else w
     if w.ndim != 2:
         return None
+    return np.ascontiguousarray(w.T) if _flip(node, index) else w
+
+
+def _flip(node, index: int) -> bool:
+    """Whether a Gemm/MatMul operand at ``index`` holds a weight as [I, O] (y = A @ B reads B that way, unless
+    Gemm's transB; as A a weight is already [O, I], unless transA)."""
     a = _attrs(node)
     if node.op_type == "Gemm":
-        flip = not a.get("transB", 0) if index == 1 else bool(a.get("transA", 0))
-    else:
-        flip = index == 1
-    return np.ascontiguousarray(w.T) if flip else w
+        return not a.get("transB", 0) if index == 1 else bool(a.get("transA", 0))
+    return index == 1
 
 
 def _onnx_feeds(graph, data) -> dict:

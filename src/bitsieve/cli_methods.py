@@ -191,7 +191,10 @@ def _steps(specs: list[str], fmt, group, stored: str | None = None):
 
     if not specs:
         raise UserError("give at least one --method NAME[:key=value,...]")
-    flat = [s for v in split_variants(specs) for s in v]
+    if len(specs) > 1:
+        raise UserError(f"prune writes one model: compose the methods with '+' in one --method "
+                        f"({'+'.join(specs)}); a repeated --method means separate variants (simulate, eval, compare)")
+    flat = split_variants(specs)[0]
     steps = parse_specs(flat, _overrides(fmt, group))
     if fmt is None and stored is not None:
         steps = [parse_spec(spec, _overrides(stored, group))
@@ -249,8 +252,9 @@ def _prune_checkpoint(model: str, method, fmt, group, output, force, json_out, a
 def prune(
     model: str = typer.Argument(..., help="Built-in name, a .safetensors/.pt/.pth/.onnx file, or a checkpoint "
                                           "folder or its .safetensors.index.json."),
-    method: List[str] = typer.Option(..., "--method", help="NAME[:key=value,...]; repeat (or join with '+') "
-                                                           "to compose in order."),
+    method: List[str] = typer.Option(..., "--method", help="NAME[:key=value,...]; several composed in order "
+                                                           "with '+' (bbs:k=2+bitx:keep=4). One model is "
+                                                           "written, so give --method once."),
     fmt: Optional[str] = typer.Option(None, "--format", help="Default number format for methods that read one "
                                                              "(a checkpoint: the format it is stored in)."),
     group: Optional[int] = typer.Option(None, "--group", help="Default group size for methods that have one."),
@@ -346,9 +350,14 @@ def _prune_loaded(model, method, fmt, group, output, activations, force, allow_n
 
 @app.command("eval")
 def eval_cmd(
-    model: str = typer.Argument(..., help="Built-in name (or a file written by `bitsieve prune` from one)."),
+    model: str = typer.Argument(..., help="Built-in name (or a file written by `bitsieve prune` from one), or a "
+                                          "user model run on --inputs: an .onnx file or a Hugging Face folder."),
     method: List[str] = typer.Option([], "--method", help="A variant to evaluate: NAME[:key=value,...], several "
                                                           "composed with '+'. Repeat for more variants."),
+    inputs: Optional[str] = typer.Option(None, "--inputs", help="A user model's data: .npy/.npz (token ids for a "
+                                         "language model) or .txt (text, with the folder's tokenizer)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="With --inputs: .npy of integer classes, one per "
+                                         "input (top-1). A language model without labels: next-token top-1."),
     task: Optional[str] = typer.Option(None, "--task", help="imagenet, mnist, faces or stsb (default: the model's)."),
     data_dir: Optional[str] = typer.Option(None, "--data", help="Data folder (ImageNet subset / STS-B)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N samples."),
@@ -361,11 +370,36 @@ def eval_cmd(
 
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be >= 1, got {limit}")
-    result = evaluate(model, method, task=task, data_dir=data_dir, limit=limit, overrides=_overrides(fmt, group))
+    if labels is not None and inputs is None:
+        raise UserError("--labels go with --inputs (a user model's data)")
+    if inputs is not None:
+        from .evaluate import evaluate_user
+
+        if task or data_dir or limit:
+            raise UserError("--task, --data and --limit are for built-in models; a user model runs on --inputs")
+        _eval_table(evaluate_user(model, method, inputs, labels, _overrides(fmt, group)), json_out)
+        return
+    with _progress("eval", json_out) as progress:
+        done: list = []
+
+        def tick(variant):  # called as each variant (the original first) finishes
+            done.append(variant)
+            progress(len(done), len(method) + 1, variant.spec or "original")
+
+        result = evaluate(model, method, task=task, data_dir=data_dir, limit=limit, overrides=_overrides(fmt, group),
+                          progress=tick if progress else None)
     if json_out:
         print(json.dumps({**result, "rows": tidy_rows(result)}, default=str))
         return
-    unit = {"top1": "top-1 %", "accuracy": "accuracy %", "spearman": "Spearman x100"}[result["metric"]]
+    _eval_table(result, False)
+
+
+def _eval_table(result: dict, json_out: bool) -> None:
+    if json_out:
+        print(json.dumps(result, default=str))
+        return
+    unit = {"top1": "top-1 %", "accuracy": "accuracy %", "spearman": "Spearman x100",
+            "next-token top1": "next-token top-1 %"}[result["metric"]]
     t = Table("method", unit, "change", "bits removed %", "changed bits", "seconds",
               title=f"{result['model']} on {result['task']} ({result['samples']} samples)")
     for v in result["variants"]:

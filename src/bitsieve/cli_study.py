@@ -106,9 +106,13 @@ def compare(
                                          "compare-<model>.html, never overwriting an existing file)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing report (or --csv file)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
-    method: Optional[list[str]] = typer.Option(None, "--method", help="Software methods composed before the "
-                                               "designs they can change (repeatable; default: bitwave, bbs, "
-                                               "truncate at their defaults)."),
+    method: Optional[list[str]] = typer.Option(None, "--method", help="A software method variant run before the "
+                                               "designs it can change: NAME[:key=value,...], several composed "
+                                               "with '+'; repeat for more variants (default: bitwave, bbs at "
+                                               "their defaults)."),
+    inputs: Optional[str] = typer.Option(None, "--inputs", help="Run a user model (an .onnx file or a Hugging "
+                                         "Face folder) on this data (.npy, .npz, .txt) so the designs that "
+                                         "read activations are compared too (no labels: no accuracy)."),
     accel: Optional[str] = typer.Option(None, "--accel", help="Only these designs, comma-separated "
                                         "(default: all; the dense baseline is always there)."),
     fmt: str = typer.Option("auto", "--format", help="Data format of the designs: auto (each on its published "
@@ -150,25 +154,25 @@ def compare(
     check_writable(path, force)
     if csv_path:
         check_writable(csv_path, force)
-    if not Path(model).suffix:
+    if not Path(model).exists():
+        if Path(model).suffix:
+            raise UserError(f"cannot read {model}: no such file")
         from .zoo import get
 
         get(model)  # an unknown name fails now, not in a worker
-    elif not Path(model).exists():
-        raise UserError(f"cannot read {model}: no such file")
     accels = [a.strip() for a in accel.split(",") if a.strip()] if accel else None
     lim = None if full else ("quick" if limit is None else limit)
     nw = workers or default_workers()
     p = cmp.plan(model, methods=method or None, accels=accels, fmt=fmt, limit=lim, accuracy=lim != 0,
-                 sets=parse_sets(sets), curves=curves, workers=nw, sensitivity=sensitivity)
+                 sets=parse_sets(sets), curves=curves, workers=nw, sensitivity=sensitivity, inputs=inputs)
     if p.skipped and not json_out:
         out.print(f"[yellow]left out: {', '.join(p.skipped)} (their cycles read input activations, which a weights "
-                  "file cannot give; convs are costed at one output pixel, linear layers at one token)[/]")
+                  "file cannot give: run an .onnx file or a Hugging Face folder on your data with --inputs FILE)[/]")
     if not json_out:
         acc = ("no accuracy" if p.limit == 0 else "accuracy on the whole evaluation set" if p.limit is None
                else f"accuracy on {p.limit} samples")
         out.print(f"[bold]{model}[/]: {len(p.designs)} designs, {len(p.entries)} rows, {acc}")
-    res = cmp.run(p, workers=nw, console=None if json_out else out, backend=backend, address=address)
+    res = cmp.run(p, workers=nw, console=None if json_out else _bar_console(), backend=backend, address=address)
     rows = res["rows"]
     report_mod.write(rows, path, force=force, title=f"bitsieve compare: {model}", source="bitsieve compare",
                      provenance=provenance(model, p, res))
@@ -206,6 +210,14 @@ def compare(
     for w in res["warnings"]:
         out.print(f"[yellow]{w}[/]")
     out.print(f"report: {path}   ({res['wall_s']:.0f} s, {res['workers']} workers)")
+
+
+def _bar_console():
+    """Progress bars go to stderr, and only to a terminal: pipes and files get the table alone."""
+    from rich.console import Console
+
+    err = Console(stderr=True)
+    return err if err.is_terminal else None
 
 
 def provenance(model: str, p, res) -> dict:

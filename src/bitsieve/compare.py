@@ -63,6 +63,7 @@ class Unit:
     activations: int = DEFAULT_ACTIVATIONS
     seed: int = 0
     layers: int = 0  # sensitivity: how many layers (pipeline.sensitivity_records)
+    inputs: str | None = None  # a user model's data to run it on (bitsieve.capture)
 
     @property
     def label(self) -> str:
@@ -96,6 +97,7 @@ class Plan:
     group: int = 64
     skipped: list[str] = field(default_factory=list)  # designs left out (they read activations a file lacks)
     units: list[Unit] = field(default_factory=list)
+    inputs: str | None = None  # a user model's data (--inputs)
 
     @property
     def designs(self) -> list[designs.Design]:
@@ -105,8 +107,10 @@ class Plan:
 def plan(model: str = DEFAULT_MODEL, *, methods: list[str] | None = None, accels: list[str] | None = None,
          fmt: str = "auto", group: int = 64, limit: int | None | str = "quick", accuracy: bool = True,
          activations: int = DEFAULT_ACTIVATIONS, seed: int = 0, sets: dict | None = None, curves: str = "weights",
-         workers: int = 2, sensitivity: int = SENSITIVITY_LAYERS) -> Plan:
-    """Check every choice and cut the comparison into units (nothing runs yet)."""
+         workers: int = 2, sensitivity: int = SENSITIVITY_LAYERS, inputs: str | None = None) -> Plan:
+    """Check every choice and cut the comparison into units (nothing runs yet). ``inputs``: the data a user model
+    (an .onnx file, a Hugging Face folder) runs on, so the designs that read activations are compared too (it
+    runs once here, which checks the model and its inputs and gives the batch)."""
     from . import methods as methods_mod
     from .zoo import BUILTINS
 
@@ -117,7 +121,12 @@ def plan(model: str = DEFAULT_MODEL, *, methods: list[str] | None = None, accels
         methods_mod.parse_specs(s.split("+"))  # unknown methods and bad parameters fail here
     base = designs.defaults(accels, fmt=fmt, sets=sets)
     skipped: list[str] = []
-    if model not in BUILTINS:  # a weights file: no architecture to run, so no activations and no accuracy
+    if model not in BUILTINS and inputs is not None:  # a user model run on the user's data: no labels, no accuracy
+        from . import model as model_mod
+
+        m = model_mod.load(model, inputs=inputs)
+        activations = next((int(L.activation.shape[0]) for L in m.layers if L.activation is not None), 1)
+    elif model not in BUILTINS:  # a weights file: no architecture to run, so no activations and no accuracy
         from . import model as model_mod
 
         model_mod.load(model)  # a bad file fails here, before any work
@@ -151,7 +160,7 @@ def plan(model: str = DEFAULT_MODEL, *, methods: list[str] | None = None, accels
         limit = quick_limit(builtin.task) if builtin else 0
     if builtin is None or not accuracy:
         limit = 0
-    p = Plan(model, entries, specs, limit, activations, group, skipped=skipped)
+    p = Plan(model, entries, specs, limit, activations, group, skipped=skipped, inputs=inputs)
     if limit != 0:
         seen: dict = {}
         for e in entries:
@@ -173,10 +182,10 @@ def plan(model: str = DEFAULT_MODEL, *, methods: list[str] | None = None, accels
         if sensitivity and target is not None:
             n = SENSITIVITY_SAMPLES if limit is None else min(limit, SENSITIVITY_SAMPLES)
             p.units.append(Unit("sensitivity", model, design=target, limit=n, seed=seed, layers=sensitivity))
-    p.units.append(Unit("profile", model, activations=activations, seed=seed))
+    p.units.append(Unit("profile", model, activations=activations, seed=seed, inputs=inputs))
     for d in p.designs:
         ms = tuple(e.method for e in entries if e.design == d and e.method)
-        p.units.append(Unit("sim", model, design=d, methods=ms, activations=activations, seed=seed))
+        p.units.append(Unit("sim", model, design=d, methods=ms, activations=activations, seed=seed, inputs=inputs))
     p.units.sort(key=lambda u: -u.cost)
     return p
 
@@ -189,10 +198,11 @@ def _prepared(unit: Unit):
     """The model with its activations captured, loaded once per process."""
     from . import model as model_mod
 
-    key = (unit.model, unit.activations)
+    key = (unit.model, unit.activations, unit.inputs)
     if key not in _CACHE:
         _CACHE.clear()
-        m = model_mod.load(unit.model, activations=unit.activations)
+        m = model_mod.load(unit.model, inputs=unit.inputs) if unit.inputs is not None else \
+            model_mod.load(unit.model, activations=unit.activations)
         layers = [L for L in m.layers if L.kind in ("conv", "linear")]
         if not layers:
             raise UserError(f"{unit.model} has no conv or linear layers")

@@ -583,19 +583,21 @@ def evaluate_module(model, dataloader, metric="top1", methods=(), format: str | 
     variant (``"bitx:keep=4"``; several composed with ``+``), all paired on the same samples in the same order
     (the batches are read once and reused; the weights are restored after each variant).
 
-    ``metric``: ``"top1"`` (arg-max of the logits against integer labels, in %) or a callable ``(output,
-    target) -> one value per sample`` (its mean is reported; 0/1 values are proportions). Each row has
+    ``metric``: ``"top1"`` (arg-max of the logits against integer labels, in %), ``"next-token top1"`` (a causal
+    language model's logits against its next input token, batches of token ids as both input and target) or a
+    callable ``(output, target) -> one value per sample`` (its mean is reported; 0/1 values are proportions). Each row has
     ``value``, ``n``, the 95 % interval ``ci_low``/``ci_high`` (Wilson for proportions, else bootstrap), the
     paired change ``delta`` with its 95 % paired-bootstrap interval, ``agreement`` with the original's
     predictions (top1) and McNemar's ``mcnemar_p`` (proportions), bit counts and ``seconds``."""
     if not isinstance(model, torch.nn.Module):
         raise UserError("bitsieve.evaluate takes a live torch.nn.Module (use `bitsieve eval` for a built-in)")
-    if metric == "top1":
-        score, scale, name = _top1, 100.0, "top1"
+    if isinstance(metric, str) and metric in METRICS:
+        (score, scale), name = METRICS[metric], metric
     elif callable(metric):
         score, scale, name = metric, 1.0, getattr(metric, "__name__", "metric")
     else:
-        raise UserError(f"metric must be 'top1' or a callable (output, target) -> per-sample values, got {metric!r}")
+        raise UserError(f"metric must be one of {', '.join(METRICS)} or a callable (output, target) -> per-sample "
+                        f"values, got {metric!r}")
     m = model_mod.load(model)
     plans = [(spec, module_steps(m, spec, format, group)) for spec in ([methods] if isinstance(methods, str)
                                                                        else list(methods))]
@@ -614,6 +616,12 @@ def evaluate_module(model, dataloader, metric="top1", methods=(), format: str | 
             runs.append((label, steps, scores, preds, counts, time.perf_counter() - t0))
     finally:
         model.train(training)
+    return _table(m.name, name, scale, runs)
+
+
+def _table(model: str, name: str, scale: float, runs: list) -> EvalResult:
+    """Rows of per-sample results ``runs`` = [(label, steps, scores, predictions, bit counts, seconds)], the
+    original first: the metric with its interval and the change paired with the original."""
     base, base_pred = runs[0][2], runs[0][3]
     rows = []
     for label, steps, s, pred, counts, secs in runs:
@@ -633,4 +641,66 @@ def evaluate_module(model, dataloader, metric="top1", methods=(), format: str | 
                      "mcnemar_p": stats.mcnemar_p(int((base.astype(bool) & ~s.astype(bool)).sum()),
                                                   int((~base.astype(bool) & s.astype(bool)).sum())) if binary else None,
                      "bits_removed_frac": v.bits_removed_frac, "changed_bits": v.changed_bits, "seconds": secs})
-    return EvalResult(model=m.name, metric=name, samples=int(base.size), original=rows[0]["value"], variants=rows)
+    return EvalResult(model=model, metric=name, samples=int(base.size), original=rows[0]["value"], variants=rows)
+
+
+def _next_token(output, ids):
+    """A causal language model's next-token top-1 on its own input: the logits at each position against the
+    token that follows (one sample per predicted token)."""
+    logits = getattr(output, "logits", output)
+    pred = logits[:, :-1].argmax(-1).reshape(-1).cpu().numpy()
+    return pred == ids[:, 1:].reshape(-1).cpu().numpy(), pred
+
+
+METRICS = {"top1": (_top1, 100.0), "next-token top1": (_next_token, 100.0)}  # per-sample scores, scale to report
+
+
+def evaluate_user(spec: str, variants: list, inputs, labels=None, overrides: dict | None = None) -> EvalResult:
+    """``bitsieve eval`` on a user model run on the user's data: a Hugging Face folder (built by transformers;
+    without ``labels``, next-token top-1 of a language model on its input), or an ONNX file (the reference
+    evaluator, with each variant's weights put in its graph) against ``labels`` (one class per input)."""
+    from . import capture
+    from .checkpoint import Checkpoint, is_checkpoint
+
+    overrides = overrides or {}
+    fmt, group = overrides.get("format"), overrides.get("group")
+    path = Path(spec)
+    if not path.exists():
+        raise UserError(f"cannot read {spec}: no such file")
+    data = capture.read_inputs(inputs)
+    y = None if labels is None else capture.read_inputs(labels)
+    if y is not None and (not isinstance(y, np.ndarray) or not np.issubdtype(y.dtype, np.integer)):
+        raise UserError("--labels must be an .npy array of integer classes, one per input")
+    if path.suffix.lower() == ".onnx":
+        if y is None:
+            raise UserError("an ONNX model is evaluated against --labels LABELS.npy (one class per input)")
+        m = model_mod.load(path)
+        layers = [layer for layer in m.layers if layer.kind != "other"]
+        graph = capture.OnnxGraph(path, layers, data)
+        runs = []
+        for label in ["", *variants]:
+            steps = module_steps(m, label, fmt, group) if label else []
+            if any(st.method.kind != "weights" for st in steps):
+                raise UserError(f"{label}: an ONNX model runs in the reference evaluator, so only weight methods apply")
+            t0 = time.perf_counter()
+            res = methods.apply_model(layers, steps) if steps else []
+            out = graph.outputs({id(layer): r.weight for layer, r in zip(layers, res)})[0]
+            scores, pred = _top1(torch.from_numpy(np.asarray(out)), y)
+            counts = {"steps": [(sum(r.stats[i].bits_before for r in res), sum(r.stats[i].bits_after for r in res))
+                                for i in range(len(steps))], "changed_bits": sum(r.changed_bits for r in res)}
+            runs.append((label, steps, scores.astype(np.float64), pred, counts, time.perf_counter() - t0))
+        result = _table(m.name, "top1", 100.0, runs)
+    elif is_checkpoint(path) and (path if path.is_dir() else path.parent).joinpath("config.json").is_file():
+        ck = Checkpoint(path)
+        module = capture.hf_module(ck)
+        ids = capture.hf_token_ids(ck, module, data)
+        if y is None:
+            result = evaluate_module(module, [(ids, ids)], "next-token top1", variants, fmt, group)
+        else:
+            result = evaluate_module(module, [(ids, torch.as_tensor(y))], "top1", variants, fmt, group)
+        result["model"] = ck.name
+    else:
+        raise UserError(f"{spec} holds weights but no architecture, so it cannot run on --inputs (export the model "
+                        "to ONNX or save it as a Hugging Face folder with config.json)")
+    result["task"] = Path(str(inputs)).name if isinstance(inputs, (str, Path)) else "the given inputs"
+    return result
