@@ -33,8 +33,40 @@ def _interrupt() -> int:
     return 130
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        print(f"bitsieve {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                          help="Print the version and exit.")):
+    pass
+
+
 # Commands that live in their own modules register themselves on `app` when imported.
 from . import cli_methods, cli_accel, cli_study, cli_train  # noqa: E402,F401
+
+
+@app.command("formats")
+def formats_cmd(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """List the number formats that --format takes."""
+    import json
+
+    from rich.table import Table
+
+    from .formats import CATALOGUE
+
+    if json_out:
+        print(json.dumps([{"name": n, "description": d} for n, d in CATALOGUE], indent=1))
+        return
+    t = Table("format", "description", title="number formats")
+    for n, d in CATALOGUE:
+        t.add_row(n, d)
+    out.print(t)
 
 
 def _error(msg: str) -> int:

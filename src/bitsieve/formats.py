@@ -296,4 +296,4 @@ def get(name: str) -> Format:
         e, f, specials, mld = MX_ELEMENTS[m.group(1)]
         return Format(canon, "float", 1 + e + f, exp_bits=e, frac=f, specials=specials, mld=mld, block=block)
     known = ", ".join(n for n, _ in CATALOGUE)
-    raise UserError(f"unknown format {name!r} ({known})")
+    raise UserError(f"unknown format {name!r} (`bitsieve formats` describes them: {known})")
