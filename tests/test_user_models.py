@@ -158,6 +158,15 @@ def test_hf_llama_on_pragmatic_through_the_cli(llama, capsys):
     assert info["model.layers.0.mlp.up_proj"]["macs"] == 2 * 12 * 64 * 32
     sp = {s["accel"]: s["speedup"] for s in got["summary"] if s["method"] == ""}
     assert sp["pragmatic"] > 1.0
+    rows = bitsieve.simulate(str(root), accel=["pragmatic"], inputs=ids)  # the API, an array as inputs
+    assert next(r["value"] for r in rows if r["layer"] == "*" and r["accel"] == "pragmatic"
+                and r["metric"] == "cycles") == next(s["cycles"] for s in got["summary"]
+                                                     if s["accel"] == "pragmatic" and s["method"] == "")
+    assert main(["profile", str(root), "--inputs", str(root.parent / "ids.npy"), "--json"]) == 0
+    prof = json.loads(capsys.readouterr().out)
+    acts = [r for r in prof["layers"] if r["tensor"] == "activation"]
+    assert prof["format"] == "bf16" and len(acts) == 15
+    assert prof["activation_total"]["values"] == sum(2 * 12 * r["shape"][-1] for r in acts)
 
 
 def test_hf_gpt2_conv1d_and_text(tmp_path, capsys):

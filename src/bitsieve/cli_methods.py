@@ -88,6 +88,9 @@ def profile(
     group: int = typer.Option(64, "--group", help="Values per group along the dot-product axis (1..64)."),
     align: str = typer.Option("weight", "--align", help="Float alignment: weight (to the group's max exponent) or none."),
     activations: int = typer.Option(0, "--activations", help="Also profile the input activations captured on N real samples."),
+    inputs: Optional[str] = typer.Option(None, "--inputs", help="Also profile the activations of a user model (an "
+                                         ".onnx file or a Hugging Face folder) run on this data (.npy, .npz, "
+                                         ".txt)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     csv_path: Optional[str] = typer.Option(None, "--csv", help="Also write the per-layer table to this CSV file."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
@@ -100,6 +103,11 @@ def profile(
 
     if csv_path:
         check_writable(csv_path, force)
+    if inputs is not None:
+        from . import model as model_mod
+
+        model = model_mod.load(model, inputs=inputs, allow_nonfinite=allow_nonfinite)
+        activations = max(activations, 1)
     with _progress("profile", json_out) as progress:
         result = run_profile(model, fmt, group, align, activations, allow_nonfinite, progress)
     rows, total = result["layers"], result["total"]
