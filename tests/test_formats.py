@@ -11,13 +11,16 @@ FIX_NAMES = ["q3.4", "q0.7", "q7.8tc", "q15.16"]
 
 
 def test_layouts():
-    assert [formats.get(n).nbits for n in ("fp32", "fp16", "bf16")] == [24, 11, 8]
+    assert [formats.get(n).nbits for n in ("fp32", "fp16", "bf16", "fp8e4m3", "fp8e5m2")] == [24, 11, 8, 4, 3]
+    assert [formats.get(n).max_value for n in ("fp16", "fp8e4m3", "fp8e5m2")] == [65504.0, 448.0, 57344.0]
+    assert [(formats.get(n).width, formats.get(n).nbits) for n in ("mxfp6e3m2", "mxfp4", "mxint8")] == [
+        (6, 3), (4, 2), (8, 7)]
     assert formats.get("int8").nbits == 7 and formats.get("int8tc").nbits == 8
     q = formats.get("q3.4")
     assert (q.width, q.frac, q.nbits) == (8, 4, 7)
 
 
-@pytest.mark.parametrize("bad", ["fp64", "int1", "int33", "q20.20", "", "int8x"])
+@pytest.mark.parametrize("bad", ["fp64", "int1", "int33", "q20.20", "", "int8x", "fp8", "mxfp4@5000"])
 def test_unknown_formats_are_user_errors(bad):
     with pytest.raises(UserError):
         formats.get(bad)
