@@ -55,13 +55,15 @@ UPPER = {"threshold": 1, "max_channel_frac": 1}
 
 
 def _check_ranges(cfg) -> None:
-    """Refuse non-finite numbers and values outside LOWER/UPPER before any training starts."""
+    """Refuse non-finite numbers and values outside LOWER/UPPER before any training starts (a 0 in a field the
+    config resolves per task, ``AUTO_ZERO``, means "the task's default")."""
+    auto = getattr(cfg, "AUTO_ZERO", ())
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
         for x in v if isinstance(v, tuple) else (v,):
             if isinstance(x, float) and not math.isfinite(x):
                 raise UserError(f"{f.name} must be a finite number, got {x}")
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (f.name in auto and v == 0):
             continue
         low, strict = LOWER.get(f.name, (None, False))
         if low is not None and (v < low or (strict and v == low)):
@@ -76,15 +78,19 @@ def _num(x, fmt="{:.2f}"):
 
 @app.command()
 def train(
-    model: str = typer.Argument(..., help="Built-in model: lenet-mnist (MNIST), mtcnn-rnet / mtcnn-onet (faces)."),
+    model: str = typer.Argument(..., help="Built-in model: lenet-mnist (MNIST), mtcnn-rnet / mtcnn-onet (faces), "
+                                          "mobilenet-v2 (ImageNet subset; bitpruner)."),
     method: str = typer.Option(..., "--method", help="bitpruner or scflp (both reconstructions from abstracts)."),
-    target: Optional[str] = typer.Option(None, "--target", help="bitpruner: pragmatic, laconic, bitlet or bitwave."),
-    bits: Optional[int] = typer.Option(None, "--bits", help="bitpruner: fixed-point width, 8 or 16."),
-    schedule: Optional[str] = typer.Option(None, "--schedule", help="bitpruner: bit budgets, e.g. 6,5,4,3,2."),
+    target: Optional[str] = typer.Option(None, "--target",
+                                         help="bitpruner: design to balance for: pragmatic-ws, laconic, bitlet, bitwave."),
+    fmts: Optional[str] = typer.Option(None, "--formats", help="bitpruner: fixed-point formats, int8,int16 (both)."),
+    start: Optional[int] = typer.Option(None, "--start",
+                                        help="bitpruner: first bit budget (default: chosen from the weights)."),
     rounding: Optional[bool] = typer.Option(None, "--rounding/--truncate",
                                             help="bitpruner: nearest k-term value instead of the top k bits."),
     tolerance: Optional[float] = typer.Option(None, "--tolerance",
-                                              help="bitpruner: accuracy points a kept round may lose (1.0)."),
+                                              help="bitpruner: accuracy points a kept round may lose against the "
+                                                   "non-pruned model fine-tuned as long (0.5)."),
     epochs: Optional[float] = typer.Option(None, "--epochs",
                                            help="bitpruner: fine-tuning epochs per round; scflp: training epochs."),
     steps: Optional[int] = typer.Option(None, "--steps", help="bitpruner: fine-tuning steps per round (overrides epochs)."),
@@ -95,9 +101,10 @@ def train(
     seed: int = typer.Option(0, "--seed", help="Seed of every random choice: same seed, same numbers."),
     train_limit: Optional[int] = typer.Option(None, "--train-limit", help="Train on the first N training samples."),
     test_limit: Optional[int] = typer.Option(None, "--test-limit", help="Report on the first N test samples."),
-    out_dir: Optional[str] = typer.Option(None, "--out", help="Checkpoint folder (manifest, weights, result.json)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out, skipping finished rounds."),
-    force: bool = typer.Option(False, "--force", help="Start over in an existing --out folder."),
+    out_dir: Optional[str] = typer.Option(None, "-o", "--output",
+                                          help="Checkpoint folder (manifest, weights, result.json)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output, skipping finished rounds."),
+    force: bool = typer.Option(False, "--force", help="Start over in an existing --output folder."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (no progress bars)."),
 ):
     """Train with a training-time method and compare with its baselines on an accelerator model."""
@@ -109,7 +116,7 @@ def train(
     if model not in BUILTINS:
         raise UserError(f"unknown built-in model {model!r} (train needs a built-in: lenet-mnist, mtcnn-rnet, ...)")
     if resume and not out_dir:
-        raise UserError("--resume needs --out DIR (the folder of the run to continue)")
+        raise UserError("--resume needs --output DIR (the folder of the run to continue)")
     if resume and force:
         raise UserError("--resume and --force contradict each other")
     for name, v in (("--train-limit", train_limit), ("--test-limit", test_limit), ("--steps", steps),
@@ -122,16 +129,15 @@ def train(
             if v is not None:
                 raise UserError(f"{opt} is an scflp option")
         cls = bitpruner.BitPrunerConfig
-        given.update({k: v for k, v in (("target", target), ("bits", bits), ("rounding", rounding),
+        if start is not None and start < 1:
+            raise UserError("--start must be >= 1")
+        given.update({k: v for k, v in (("target", target), ("start", start), ("rounding", rounding),
                                          ("tolerance", tolerance), ("epochs", epochs), ("steps", steps))
                       if v is not None})
-        if schedule is not None:
-            try:
-                given["schedule"] = tuple(int(x) for x in schedule.split(",") if x.strip())
-            except ValueError:
-                raise UserError(f"--schedule wants integers like 6,5,4,3,2, got {schedule!r}") from None
+        if fmts is not None:
+            given["formats"] = tuple(x.strip() for x in fmts.split(",") if x.strip())
     else:
-        for opt, v in (("--target", target), ("--bits", bits), ("--schedule", schedule), ("--rounding", rounding),
+        for opt, v in (("--target", target), ("--formats", fmts), ("--start", start), ("--rounding", rounding),
                        ("--tolerance", tolerance), ("--steps", steps)):
             if v is not None:
                 raise UserError(f"{opt} is a bitpruner option")
@@ -148,7 +154,7 @@ def train(
     _check_ranges(cfg)
     runner = bitpruner.run if method == "bitpruner" else scflp.run
     note = (f"finished stages are saved in {out_dir}; run again with --resume to continue" if out_dir
-            else "nothing was saved (no --out folder)")
+            else "nothing was saved (no --output folder)")
     with interrupt_note(note):
         result = runner(model, cfg, out_dir=out_dir, resume=resume, force=force, progress=not json_out,
                         train_limit=train_limit, test_limit=test_limit)
@@ -160,29 +166,52 @@ def train(
         out.print(f"checkpoints and result.json in {out_dir}")
 
 
+def _pct(x, fmt="{:.1f}"):
+    return _num(None if x is None else 100 * x, fmt)
+
+
 def _print_bitpruner(r: dict):
-    t = Table(title=f"BitPruner on {r['model']} ({r['format']}; {r['target']} cycles; {r['style']} cap over "
-                    f"{'/'.join(map(str, r['groups']))}-lane groups) -- reconstruction from the abstract")
-    for col in ("variant", "budget", "acc %", "val %", "zero bits %", "zero wts %", "ess bits", "cycles",
-                "x non-pr.", "x magn."):
-        t.add_column(col, justify="left" if col in ("variant", "budget") else "right", no_wrap=True)
-    cyc = {v["name"]: v["cycles"] for v in r["variants"]}
-    for v in r["variants"]:
-        sp1 = cyc["non-pruned"] / v["cycles"] if v["cycles"] and cyc["non-pruned"] else None
-        sp2 = cyc["magnitude-pruned"] / v["cycles"] if v["cycles"] and cyc["magnitude-pruned"] else None
-        level = v["method"].split(",")[0].split(":")[-1].replace("sparsity=", "s=") if v["method"] else "-"
-        t.add_row(v["name"], level, _num(v["accuracy"]), _num(v["val_accuracy"]), _num(100 * v["bit_sparsity"], "{:.1f}"),
-                  _num(100 * v["weight_sparsity"], "{:.1f}"), _num(v["mean_essential_bits"]),
-                  _num(v["cycles"], "{:,.0f}"), _num(sp1, "{:.2f}x"), _num(sp2, "{:.2f}x"))
-    out.print(t)
     c = r["claims"]
-    bp = next(v for v in r["variants"] if v["name"] == "bitpruner")
-    sp = r["speedup"]
-    out.print(f"paper (abstract): bit sparsity up to {c['bit_sparsity_pct']}% with negligible loss; "
-              f"{c['speedup_vs_nonpruned']}x over non-pruned, {c['speedup_vs_weight_pruned']}x over weight-pruned")
-    out.print(f"here: bit sparsity {100 * bp['bit_sparsity']:.1f}%; "
-              + (f"{sp['vs_nonpruned']:.2f}x over non-pruned, {sp['vs_magnitude']:.2f}x over magnitude-pruned"
-                 if sp else "cycles n/a (no accelerator model available)"))
+    out.print(f"[bold]BitPruner on {r['model']}[/] -- reconstruction from the abstract; {r['data']}")
+    for fmt, f in r["formats"].items():
+        designs = list(f["designs"])
+        t = Table(title=f"{fmt}: budgets from {f['start_budget']} down while val stays within "
+                        f"{r['config']['tolerance']} points of the non-pruned model fine-tuned as long; "
+                        f"{r['target']} {r['style']} cap over {'/'.join(map(str, f['groups']))}-lane groups")
+        for col in ("variant", "budget", "steps", "acc % [95% CI]", "n", "chg vs FT [95% CI]", "zero bits %",
+                    "zero wts %", "ess bits/w", *designs):
+            t.add_column(col, justify="left" if col == "variant" else "right")
+        for v in f["variants"]:
+            chg = "-" if "change" not in v else \
+                f"{v['change']:+.2f} [{v['change_ci'][0]:+.2f},{v['change_ci'][1]:+.2f}]"
+            st = v["stats"]["total"]
+            sp = [f"{_num(v['speedup_vs_nonpruned'][d], '{:.2f}x')}/{_num(v['speedup_vs_magnitude'][d], '{:.2f}x')}"
+                  for d in designs]
+            t.add_row(v["name"], "-" if v["budget"] is None else f"k={v['budget']}{'' if v['balanced'] else ' nb'}",
+                      str(v["steps"]), f"{v['accuracy']:.2f} [{v['ci'][0]:.2f},{v['ci'][1]:.2f}]", str(v["n"]), chg,
+                      _pct(st["bit_sparsity"]), _pct(st["weight_sparsity"], "{:.2f}"),
+                      _num(st["mean_essential_bits"], "{:.3f}"), *sp)
+        out.print(t)
+        kept = [x for x in f["rounds"] if x["kept"]]
+        out.print(f"design columns: speed-up over the non-pruned FT / over the magnitude FT model, same {fmt}, from "
+                  f"registry cycles; {', '.join(d for d, x in f['designs'].items() if not x['reads_weights'])} do "
+                  f"not read weights (1.00x by design). 'nb': no load balance. Steps: every trained variant gets "
+                  f"BitPruner's whole budget, kept and rejected rounds ({len(kept)} kept of {len(f['rounds'])}).")
+        p, bp = f["paper"], next(v for v in f["variants"] if v["name"] == "bitpruner")
+        ws = [d for d, x in f["designs"].items() if x["reads_weights"]]
+        spn = ", ".join(f"{d} {_num(p['speedup_vs_nonpruned'][d], '{:.2f}x')}" for d in ws)
+        spm = ", ".join(f"{d} {_num(p['speedup_vs_magnitude'][d], '{:.2f}x')}" for d in ws)
+        best_n = max((p["speedup_vs_nonpruned"][d] or 0) for d in ws) if ws else 0
+        best_m = max((p["speedup_vs_magnitude"][d] or 0) for d in ws) if ws else 0
+        out.print(f"paper (abstract): bit sparsity up to {c['bit_sparsity_pct']}% with negligible loss; "
+                  f"{c['speedup_vs_nonpruned']}x over non-pruned, {c['speedup_vs_weight_pruned']}x over weight-pruned")
+        out.print(f"here ({fmt}): bit sparsity {p['bit_sparsity_pct']:.1f}% "
+                  f"({'reproduced' if p['bit_sparsity_reproduced'] else 'not reproduced'}); accuracy change "
+                  f"{_num(bp.get('change'), '{:+.2f}')} points ({'within' if p['within_tolerance'] else 'outside'} "
+                  f"the tolerance); over non-pruned FT {spn} "
+                  f"({'reproduced' if best_n >= c['speedup_vs_nonpruned'] else 'not reproduced'} on the best); "
+                  f"over magnitude FT {spm} "
+                  f"({'reproduced' if best_m >= c['speedup_vs_weight_pruned'] else 'not reproduced'} on the best)")
 
 
 def _print_scflp(r: dict):

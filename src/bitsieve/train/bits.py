@@ -95,17 +95,20 @@ def auto_weight_cap(words: np.ndarray, drop: float) -> np.ndarray:
     of the group's magnitude sum (Pragmatic-style: the heaviest lane sets the group's time).
 
     One MSB-first sweep evaluates every cap at once: a bit at s is removed by cap c when its lane already holds
-    c bits above s, i.e. ``plane & seen[c]``."""
+    c bits above s, i.e. ``plane & seen[c]``. Only the levels some lane has reached are swept (``hi``): after a
+    budget k that is k + 1 columns, not nbits + 1 (the hot loop of a BitPruner training step)."""
     words = np.asarray(words, dtype=U64)
     n, nbits = words.shape
     seen = np.zeros((n, nbits + 1), dtype=U64)
     seen[:, 0] = ALL
     removed = np.zeros((n, nbits + 1))
+    hi = 0  # highest count of bits any lane holds so far; seen[:, j > hi] are all zero
     for s in range(nbits - 1, -1, -1):
         w = words[:, s]
-        removed += np.bitwise_count(seen & w[:, None]) * 2.0 ** s
-        for j in range(nbits, 0, -1):
+        removed[:, :hi + 1] += np.bitwise_count(seen[:, :hi + 1] & w[:, None]) * 2.0 ** s
+        for j in range(min(hi + 1, nbits), 0, -1):
             seen[:, j] |= seen[:, j - 1] & w
+        hi += bool(hi < nbits and seen[:, hi + 1].any())
     return (removed <= drop * _l1(words)[:, None]).argmax(axis=1).astype(np.int64)
 
 
