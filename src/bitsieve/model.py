@@ -202,13 +202,11 @@ def _assume_shapes(model: Model, tokens: int | None, input_shape: str | None, ke
             "" if keep_geometry else " with stride 1 and 'same' padding (a state dict stores neither)"))
     if said:
         model.notes.append("; ".join(said))
-    if tokens is None or input_shape is None:
-        rest = [t for t, given in (("each linear layer is costed as one token (give --tokens N)", tokens),
-                                   ("each conv as one output pixel (give --input-shape NxCxHxW)", input_shape))
-                if given is None and any(layer.kind == ("linear" if "linear" in t else "conv")
-                                         and layer.in_shape is None for layer in model.layers)]
-        if rest:
-            model.notes.append("a weights file has no input shapes: " + ", ".join(rest))
+    unknown = {layer.kind for layer in model.layers if layer.in_shape is None}
+    rest = (["each linear layer is costed as one token (give --tokens N)"] if "linear" in unknown else []) + \
+        (["each conv as one output pixel (give --input-shape NxCxHxW)"] if "conv" in unknown else [])
+    if rest:
+        model.notes.append("a weights file has no input shapes: " + ", ".join(rest))
 
 
 def _spatial(text: str) -> tuple[int, int]:
