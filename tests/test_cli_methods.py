@@ -98,3 +98,29 @@ def test_eval_table_and_json(capsys):
     r = json.loads(out)
     assert r["samples"] == 200 and r["variants"][0]["method"] == "" and r["variants"][1]["delta"] < 0
     assert any(row["metric"] == "accuracy_delta" for row in r["rows"])
+
+
+@pytest.mark.parametrize("args", [["simulate", "lenet-mnist", "--accel", "bitx"],
+                                  ["eval", "lenet-mnist", "--method", "bitx", "--limit", "200"]])
+def test_progress_bar_only_on_a_terminal(args):
+    """A long command draws its bar on stderr when stderr is a terminal, and stdout (a pipe here) gets only
+    the table; without a terminal (every other test) stderr stays empty."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120"}
+    p = subprocess.Popen([sys.executable, "-m", "bitsieve", *args], stdout=subprocess.PIPE, stderr=slave, env=env)
+    os.close(slave)
+    err = b""
+    try:
+        while chunk := os.read(master, 65536):  # drained as it comes: a full pty would block the child
+            err += chunk
+    except OSError:  # the pty reports EIO once the child's end is closed
+        pass
+    os.close(master)
+    out = p.stdout.read()
+    assert p.wait(timeout=300) == 0 and args[0].encode() in err and b"\x1b[" in err  # a live, redrawn bar
+    assert b"\x1b[" not in out and b"lenet" in out

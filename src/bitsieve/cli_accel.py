@@ -176,6 +176,8 @@ def export_traces(
                               "with its bitsieve parameters (dense, stripes, pragmatic, laconic, tactical)."),
     sets: List[str] = typer.Option([], "--set", help="Override a parameter: ACCEL.PARAM=VALUE."),
     activations: int = typer.Option(1, "--activations", help="Real input samples to capture (N)."),
+    inputs: Optional[str] = typer.Option(None, "--inputs", help="A user model (an .onnx file or a Hugging Face "
+                                         "folder) run on this data (.npy, .npz, .txt) instead."),
     force: bool = typer.Option(False, "--force", help="Overwrite files of an earlier export."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
@@ -206,10 +208,11 @@ def export_traces(
         cfgs[n] = a.configure(overrides.get(n))
         a.check_format(f, cfgs[n])
         experiments.append(dnnsim_experiment(n, cfgs[n]))
-    m = model_mod.load(model, activations=activations)
+    m = model_mod.load(model, inputs=inputs) if inputs is not None else model_mod.load(model, activations=activations)
     layers = [layer for layer in m.layers if layer.kind in ("conv", "linear")]
     if any(layer.activation is None for layer in layers):
-        raise UserError(f"{model}: activations could not be captured (DNNsim needs them; use a built-in model)")
+        raise UserError(f"{model}: activations could not be captured (DNNsim needs them: use a built-in model, or "
+                        "run an .onnx file or a Hugging Face folder on --inputs)")
     workloads = [tiling.from_layer(layer) for layer in layers]
     net = "".join(c if (c.isalnum() or c in "._-") else "-" for c in m.name)
     prec = cfgs["stripes"]["precision"] if "stripes" in cfgs else "data"
