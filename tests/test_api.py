@@ -65,4 +65,8 @@ def test_importing_bitsieve_loads_no_torch():
     r = subprocess.run([sys.executable, "-c", "import bitsieve, sys; print('torch' in sys.modules, "
                         "sorted(bitsieve.__all__))"], capture_output=True, text=True)
     assert r.stdout.split()[0] == "False", r.stderr
+    assert "'evaluate'," in r.stdout and "'prune_'," in r.stdout
+    from bitsieve.evaluate import evaluate_module, split_variants  # the submodule stays a module
+
+    assert callable(bitsieve.evaluate) and callable(split_variants) and evaluate_module.__doc__
     assert isinstance(model_mod.load, type(bitsieve.load)) and bitsieve.load is model_mod.load
