@@ -493,8 +493,9 @@ def _flatten(obj: Mapping, prefix: str):
 
 
 def _onnx_layers(path: Path, empty: list[str]) -> list[Layer]:
-    """Initializers and Constant-node tensors; the consuming node decides the kind, and layers
-    come out in the order the graph first uses them."""
+    """Initializers and Constant-node tensors; the consuming node decides the kind, names the layer
+    (``_onnx_name``) and, through ONNX shape inference, gives its input and output shapes. Layers come out
+    in the order the graph first uses them."""
     import onnx
     from onnx import TensorProto, numpy_helper
 
@@ -512,7 +513,8 @@ def _onnx_layers(path: Path, empty: list[str]) -> list[Layer]:
     for position, node in enumerate(graph.node):
         for index, name in enumerate(node.input):
             consumers.setdefault(name, []).append((position, node, index))
-    layers = []
+    shapes = _onnx_shapes(proto)
+    layers, taken = [], set()
     for name, tensor in tensors.items():
         if tensor.data_type not in floats:
             continue
@@ -527,9 +529,98 @@ def _onnx_layers(path: Path, empty: list[str]) -> list[Layer]:
         except Exception as exc:
             raise UserError(f"cannot read {path}: tensor {name} is damaged ({exc})") from exc
         uses = consumers.get(name, [])
-        layer = next(filter(None, (_onnx_weight(name, weight, node, index) for _, node, index in uses)), None)
-        layers.append((uses[0][0] if uses else len(graph.node), layer or Layer(_layer_name(name), "other", weight)))
+        found = next(((lay, node, index) for _, node, index in uses
+                      if (lay := _onnx_weight(name, weight, node, index)) is not None), None)
+        if found is None:
+            layer = Layer(_layer_name(name), "other", weight)
+        else:
+            layer, node, index = found
+            layer.name = _onnx_name(name, node, taken)
+            layer.in_shape, layer.out_shape = _onnx_io_shapes(node, index, shapes)
+        taken.add(layer.name)
+        layers.append((uses[0][0] if uses else len(graph.node), layer))
     return [layer for _, layer in sorted(layers, key=lambda item: item[0])]
+
+
+_ONNX_MADE_UP = r"^(val_\d+|onnx::.*|const_fold_opt__\d+|\d*)$"  # tensor names exporters invent
+
+
+def _onnx_name(tensor: str, node, taken: set) -> str:
+    """A weight's layer name. The initializer's own name when it names a parameter ('conv1.weight' -> 'conv1');
+    when the exporter made it up ('val_37' from the dynamo exporter, 'onnx::MatMul_12' from constant folding),
+    the torch module that consumes it, as a live module's layer would be named: from the dynamo exporter's
+    metadata (pkg.torch.onnx.name_scopes ['', 'blocks.0', 'blocks.0.fc1', 'linear'] -> 'blocks.0.fc1') or the
+    TorchScript exporter's node name ('/blocks/blocks.0/fc1/MatMul' -> 'blocks.0.fc1'); else the node's name.
+    A name already taken gets the node's name appended."""
+    import ast
+    import re
+
+    name = _layer_name(tensor)
+    if re.match(_ONNX_MADE_UP, tensor):
+        meta = {p.key: p.value for p in node.metadata_props}
+        try:
+            scopes = [str(x) for x in ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))]
+        except (ValueError, SyntaxError, TypeError):
+            scopes = []
+        path = ""
+        if node.name.startswith("/"):  # TorchScript: '/' + each module's name (a child's own, 'fc1', or
+            for scope in node.name.strip("/").split("/")[:-1]:  # 'blocks.0' for a numbered one) + '/' + op
+                path = f"{path}.{scope.rsplit('.', 1)[-1]}" if path else scope
+        name = (scopes[-2] if len(scopes) >= 2 and scopes[-2] else path or node.name.strip("/")) or name
+    if name in taken and node.name:
+        name = f"{name}/{node.name.strip('/')}"
+    return name
+
+
+def _onnx_shapes(proto) -> dict[str, tuple]:
+    """Value name -> its dims (None where symbolic) from ONNX shape inference with data propagation (so
+    Shape -> Concat -> Reshape chains resolve); {} when inference fails (an exotic or over-2-GB graph), leaving
+    shapes to --input-shape/--tokens. A symbolic batch (first input dimension) is taken as 1: the layers
+    record per-sample shapes, and a known batch lets reshapes to -1 resolve. Changes ``proto``'s inputs."""
+    import onnx
+
+    stored = {t.name for t in proto.graph.initializer}
+    for v in proto.graph.input:
+        dims = v.type.tensor_type.shape.dim
+        if v.name not in stored and len(dims) and not dims[0].HasField("dim_value"):
+            dims[0].dim_value = 1
+    try:
+        graph = onnx.shape_inference.infer_shapes(proto, data_prop=True).graph
+    except Exception:  # onnx raises InferenceError, ValueError, protobuf errors ...
+        return {}
+    out = {}
+    for v in [*graph.input, *graph.value_info, *graph.output]:
+        t = v.type.tensor_type
+        if t.HasField("shape"):
+            out[v.name] = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                                for d in t.shape.dim)
+    return out
+
+
+def _onnx_io_shapes(node, index: int, shapes: dict) -> tuple[tuple | None, tuple | None]:
+    """Per-sample (in_shape, out_shape) of the layer whose weight is operand ``index`` of ``node``, in the
+    layout the torch hooks and bitsieve.capture record: conv (C, H, W) -> (O, OH, OW) (Conv1d with height 1);
+    linear (..., I) -> (..., O) with the tokens in rows. (None, None) where a dimension is unknown."""
+    x = shapes.get(node.input[0 if node.op_type == "Conv" else 1 - index])
+    y = shapes.get(node.output[0])
+    if x is None or y is None or len(x) != len(y) or not x:
+        return None, None
+    if node.op_type == "Conv":
+        if len(x) == 3:
+            x, y = (x[0], x[1], 1, x[2]), (y[0], y[1], 1, y[2])
+    else:
+        attrs = {a.name: a.i for a in node.attribute if a.name in ("transA", "transB")}
+        if index == 0:  # y = W @ x: tokens are x's columns (unless Gemm reads x transposed)
+            y = y[:-2] + y[:-3:-1] if len(y) >= 2 else y
+            if not attrs.get("transB"):
+                x = x[:-2] + x[:-3:-1] if len(x) >= 2 else x
+        elif attrs.get("transA"):
+            x = x[::-1]
+        if len(x) == 1:
+            x, y = (1,) + x, (1,) + y
+    if any(d is None for d in x[1:] + y[1:]):
+        return None, None
+    return x[1:], y[1:]
 
 
 def _onnx_weight(name: str, weight: np.ndarray, node, index: int) -> Layer | None:
