@@ -329,7 +329,7 @@ def test_resume_refuses_a_checkpoint_that_links_out_of_the_run(tmp_path):
 def test_train_resume_with_a_bad_manifest_through_the_cli(tmp_path, capsys):
     d = _run_folder(tmp_path, [])
     assert "training manifest" in fails(capsys, "train", "lenet-mnist", "--method", "bitpruner", "--resume",
-                                        "--out", d, "--train-limit", "10", "--test-limit", "10")
+                                        "--output", d, "--train-limit", "10", "--test-limit", "10")
 
 
 @pytest.mark.parametrize("after_s", [0.3, 0.8, 2.5])  # while the CLI is still importing, and while it works

@@ -424,12 +424,11 @@ class _Job:
             pj = Projector(module, proj, lanes, mk)
             ints = {n: q for n, (q, _) in pj.ints().items()}
             hits = self.hits(pj, "test")
-            val = 100.0 * float(self.hits(pj, "val").mean())
             if vname == "non-pruned FT":
                 ref = hits
             cyc = {d: {n: t.cycles(n, q) for n, q in ints.items()} for d, t in tgs.items()}
             variants[vname] = {"name": vname, "budget": proj.level, "balanced": bool(proj.level and proj.balance),
-                               "steps": steps, "val_accuracy": val, "hits": hits,
+                               "steps": steps, "hits": hits,
                                "stats": bit_stats(ints, fmt),
                                "cycles": {d: float(sum(c.values())) for d, c in cyc.items()},
                                "layer_cycles": cyc}

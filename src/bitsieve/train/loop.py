@@ -89,7 +89,7 @@ def task_data(model: str, seed: int = 0, train_limit: int | None = None, val_siz
       validation and the reported test set (there is no more labelled face data offline). Accuracy = face
       probability > 0.5 equals the label.
     - ``mobilenet-v2``: the 1300-image ImageNet validation subset, shuffled with the seed and cut into disjoint
-      parts: ``train_limit`` (default 256) images fine-tune, the next ``val_size`` (default 128) decide the
+      parts: ``train_limit`` (default 256) images fine-tune, the next ``val_size`` (default 256) decide the
       rounds, the next ``test_limit`` (default 512) are held out for the reported accuracy. Batch-norm
       statistics stay frozen (a few hundred images in small batches cannot re-estimate them).
     """
@@ -142,7 +142,7 @@ def task_data(model: str, seed: int = 0, train_limit: int | None = None, val_siz
         from ..zoo import mobilenet
 
         items = list(data.imagenet_subset())
-        ntr, nval = train_limit or 256, 128 if val_size is None else int(val_size)
+        ntr, nval = train_limit or 256, 256 if val_size is None else int(val_size)
         nte = test_limit or 512
         if ntr + nval + nte > len(items):
             raise UserError(f"the ImageNet subset has {len(items)} images; train {ntr} + validation {nval} + "
