@@ -156,16 +156,17 @@ def _load_running(spec, inputs, allow_nonfinite: bool, include_other: bool) -> M
     elif is_checkpoint(path) and (path if path.is_dir() else path.parent).joinpath("config.json").is_file():
         ck = Checkpoint(path)
         module = capture.hf_module(ck)
-        ids = capture.hf_token_ids(ck, module, capture.read_inputs(inputs))
+        kw = capture.hf_inputs(ck, module, capture.read_inputs(inputs))
         model = _load_module(module, include_other)
         model.name = ck.name
         stored = {e.name: FORMAT_OF.get(e.dtype, "fp32") for e in ck.entries}
         for layer in model.layers:
             layer.dtype = stored.get(layer.name, ck.dtype())
             layer.role = role_of(layer.name + ".weight", layer.weight.shape, ck.config)[1]
-        _forward(model, lambda: module(input_ids=ids), keep=True)
-        model.notes.append(f"{type(module).__name__} built by transformers from config.json, run on "
-                           f"{ids.shape[0]} x {ids.shape[1]} tokens of --inputs (float32)")
+        _forward(model, lambda: module(**kw), keep=True)
+        shown = ", ".join(f"{k} {'x'.join(map(str, v.shape))}" for k, v in kw.items())
+        model.notes.append(f"{type(module).__name__} built by transformers from config.json, run in float32 on "
+                           f"--inputs ({shown})")
     else:
         raise UserError(f"{spec} holds weights but no architecture, so it cannot run on --inputs (export the model "
                         "to ONNX, save it as a Hugging Face folder with config.json, or pass the live module to "
