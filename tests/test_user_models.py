@@ -265,3 +265,28 @@ def test_compare_onnx_user_model(onnx_file, tmp_path, capsys):
     cyc = next(r["value"] for r in direct["rows"] if r["layer"] == "*" and r["accel"] == "pragmatic"
                and r["metric"] == "cycles")
     assert designs["pragmatic"]["cycles"] == cyc
+
+
+def test_hf_vision_model_pixel_values(tmp_path, capsys):
+    """A float array feeds the model's main input (a ViT's pixel_values): its patch conv and linear layers see
+    what torch hooks see, and eval scores top-1 against --labels."""
+    torch.manual_seed(0)
+    cfg = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=1,
+                                 num_attention_heads=2, intermediate_size=32, num_labels=3)
+    net = transformers.ViTForImageClassification(cfg).eval()
+    net.save_pretrained(tmp_path)
+    x = np.random.default_rng(4).standard_normal((6, 3, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    m = model_mod.load(tmp_path, inputs=tmp_path / "x.npy")
+    want = hooked_inputs(net, lambda: net(pixel_values=torch.from_numpy(x)))
+    patch = next(layer for layer in m.layers if layer.kind == "conv")
+    assert np.array_equal(patch.activation, x) and patch.out_shape == (16, 2, 2)
+    for layer in m.layers:
+        np.testing.assert_allclose(layer.activation, want[layer.name].numpy(), rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        pred = net(pixel_values=torch.from_numpy(x)).logits.argmax(1).numpy()
+    np.save(tmp_path / "y.npy", np.where(np.arange(6) % 2 == 0, pred, (pred + 1) % 3))
+    assert main(["eval", str(tmp_path), "--inputs", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
+                 "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["variants"][0]["value"] == pytest.approx(50.0) and got["variants"][0]["n"] == 6

@@ -221,13 +221,21 @@ def hf_module(ck):
     return module.eval()
 
 
-def hf_token_ids(ck, module, data):
-    """Token ids [batch, tokens] (int64 torch tensor) from an integer array, or from text tokenised by the
-    tokenizer saved in the folder, cut to the model's context length."""
+def hf_inputs(ck, module, data) -> dict:
+    """The keyword arguments of one forward pass: token ids [batch, tokens] from an integer array or from text
+    tokenised by the folder's own tokenizer (cut to the model's context), a float array as the model's main
+    input (``pixel_values`` of a vision model, ...), or an .npz's arrays by name."""
     import torch
 
-    limit = next((getattr(module.config, k) for k in ("max_position_embeddings", "n_positions")
-                  if isinstance(getattr(module.config, k, None), int)), None)
+    if isinstance(data, dict):
+        kw = {k: torch.from_numpy(np.asarray(v).astype(np.int64 if np.issubdtype(np.asarray(v).dtype, np.integer)
+                                                       else np.float32)) for k, v in data.items()}
+        if "input_ids" in kw:
+            kw["input_ids"] = _token_ids(module, data["input_ids"])
+        return kw
+    main = getattr(module, "main_input_name", "input_ids")
+    if isinstance(data, np.ndarray) and np.issubdtype(data.dtype, np.floating) and main != "input_ids":
+        return {main: torch.from_numpy(data.astype(np.float32))}
     if isinstance(data, str):
         try:
             import transformers
@@ -236,24 +244,31 @@ def hf_token_ids(ck, module, data):
         except Exception:
             raise UserError(f"{ck.root} has no tokenizer to read text with: give token ids as --inputs ids.npy") \
                 from None
-        ids = np.asarray(tok(data)["input_ids"], dtype=np.int64)[None]
-        if limit:
-            ids = ids[:, :limit]
-    else:
-        if isinstance(data, dict):
-            data = data.get("input_ids", next(iter(data.values())) if len(data) == 1 else None)
-            if data is None:
-                raise UserError("--inputs .npz for a language model needs an 'input_ids' array")
-        ids = np.asarray(data)
-        if not np.issubdtype(ids.dtype, np.integer) or ids.ndim not in (1, 2):
-            raise UserError(f"--inputs for a language model: token ids as integers [tokens] or [batch, tokens], "
-                            f"got {ids.dtype} {list(ids.shape)}")
-        ids = ids.reshape(1, -1) if ids.ndim == 1 else ids
-        vocab = getattr(module.config, "vocab_size", None)
-        if ids.size == 0 or ids.min() < 0 or (vocab and ids.max() >= vocab):
-            raise UserError(f"--inputs: token ids must lie in 0..{(vocab or 0) - 1} (the model's vocabulary)")
-        if limit and ids.shape[1] > limit:
-            raise UserError(f"--inputs: {ids.shape[1]} tokens exceed the model's context of {limit}")
-    if ids.shape[1] == 0:
-        raise UserError("--inputs: no tokens")
+        ids = np.asarray(tok(data)["input_ids"], dtype=np.int64)[None][:, :_context(module)]
+        if ids.shape[1] == 0:
+            raise UserError("--inputs: the text holds no tokens")
+        return {"input_ids": torch.from_numpy(ids)}
+    return {"input_ids": _token_ids(module, data)}
+
+
+def _context(module) -> int | None:
+    return next((getattr(module.config, k) for k in ("max_position_embeddings", "n_positions")
+                 if isinstance(getattr(module.config, k, None), int)), None)
+
+
+def _token_ids(module, data):
+    """Checked token ids as an int64 tensor [batch, tokens]."""
+    import torch
+
+    ids = np.asarray(data)
+    if not np.issubdtype(ids.dtype, np.integer) or ids.ndim not in (1, 2):
+        raise UserError(f"--inputs for a language model: token ids as integers [tokens] or [batch, tokens], "
+                        f"got {ids.dtype} {list(ids.shape)}")
+    ids = ids.reshape(1, -1) if ids.ndim == 1 else ids
+    vocab = getattr(module.config, "vocab_size", None)
+    if ids.size == 0 or ids.min() < 0 or (vocab and ids.max() >= vocab):
+        raise UserError(f"--inputs: token ids must lie in 0..{(vocab or 0) - 1} (the model's vocabulary)")
+    limit = _context(module)
+    if limit and ids.shape[1] > limit:
+        raise UserError(f"--inputs: {ids.shape[1]} tokens exceed the model's context of {limit}")
     return torch.from_numpy(ids.astype(np.int64))

@@ -693,11 +693,15 @@ def evaluate_user(spec: str, variants: list, inputs, labels=None, overrides: dic
     elif is_checkpoint(path) and (path if path.is_dir() else path.parent).joinpath("config.json").is_file():
         ck = Checkpoint(path)
         module = capture.hf_module(ck)
-        ids = capture.hf_token_ids(ck, module, data)
+        kw = capture.hf_inputs(ck, module, data)
         if y is None:
-            result = evaluate_module(module, [(ids, ids)], "next-token top1", variants, fmt, group)
+            if "input_ids" not in kw:
+                raise UserError("without --labels only a language model's next-token top-1 is scored: give "
+                                "--labels LABELS.npy")
+            result = evaluate_module(module, [{**kw, "labels": kw["input_ids"]}], "next-token top1", variants,
+                                     fmt, group)
         else:
-            result = evaluate_module(module, [(ids, torch.as_tensor(y))], "top1", variants, fmt, group)
+            result = evaluate_module(module, [{**kw, "labels": torch.as_tensor(y)}], "top1", variants, fmt, group)
         result["model"] = ck.name
     else:
         raise UserError(f"{spec} holds weights but no architecture, so it cannot run on --inputs (export the model "
