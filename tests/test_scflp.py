@@ -197,6 +197,18 @@ def test_stochastic_coarse_step_computes_one_pair_per_step_until_it_samples_the_
     assert pr.sim["computed"] == 4 and pr.sim["steps"] == 10
 
 
+def test_coarse_only_step_between_pruning_steps_leaves_the_fine_masks():
+    """clp_every: a coarse step alone removes the duplicate but zeroes no weight by magnitude and reads no FLP scan."""
+    cfg = sc.SCFLPConfig(clp="exhaustive", sparsity=0.5, ramp_start=0, ramp_end=0)
+    pr = sc.Pruner(_four_filters(), cfg, total_iterations=10)
+    pr.prune(1, fine=False)
+    zeros = (pr.masks["0"] == 0).sum(dim=1).tolist()
+    assert zeros == [0, 0, 0, 3] and int((pr.masks["1"] == 0).sum()) == 0
+    assert pr.sim == {"computed": 6, "computed_macs": 18, "steps": 0, "coarse_steps": 1, "channels_removed": 1}
+    assert pr.memory.words["prune_flp_read"] == 0 and pr.memory.words["prune_clp_read"] == 5  # 1 + 1 + 1 + 2 non-zero weights
+    assert pr.memory.words["prune_write"] == 2  # filter 3's two non-zero weights written back as zeros
+
+
 def test_widening_plants_duplicates_and_keeps_the_function():
     from bitsieve.zoo import lenet
 
