@@ -8,8 +8,8 @@ WP"). Accesses are counted in weight words, from the real masks, for the non-zer
   computes no dX), WG's update reads and writes it;
 - weight pruning with a *separate* pruning unit, every pruning step and layer: FLP reads every stored weight
   to find the magnitude threshold, CLP reads the stored weights of every filter whose similarity it computes
-  (stochastic: the sampled filters; exhaustive: all alive), and the newly pruned weights are written back as
-  zeros;
+  (stochastic: the sampled filters; exhaustive: all alive), and every weight whose mask entry turns to zero is
+  written back as zero;
 - a pruning unit *sharing* the weight memory sees the weights as the WG update streams them and applies the
   masks in the same write, so it adds no access: it saves all of the separate unit's accesses.
 
