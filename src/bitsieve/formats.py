@@ -12,8 +12,8 @@ with ``@<k>`` for a block of k values instead of the spec's 32 (``mxfp4@16``).
 
 FP8/FP6/FP4 values are rounded by ``ml_dtypes`` (round to nearest, ties to even). ``fp8e4m3`` is OCP e4m3fn:
 no infinity, one NaN pattern per sign (S.1111.111), largest value 448. ml_dtypes, like OCP's non-saturating
-mode, turns a value beyond it (|x| > 464 after rounding, or an infinity) into NaN; bitsieve refuses such a
-tensor with one line instead of counting NaN bits. ``fp8e5m2`` keeps IEEE infinities (overflow -> inf, as
+mode, turns a value beyond it (|x| > 464, the tie with 480 that rounds to even 448, or an infinity) into NaN;
+bitsieve refuses such a tensor with one line instead of counting NaN bits (a NaN input stays NaN). ``fp8e5m2`` keeps IEEE infinities (overflow -> inf, as
 fp16 does).
 
 An MX value is an element (FP8/FP6/FP4, or a sign-magnitude 8-bit integer with the implicit scale 2^-6: the
@@ -21,7 +21,7 @@ spec's INT8 range is symmetric, so this is its value set) times a power-of-two s
 consecutive values along the dot-product axis (the planes' group axis; the last block of a row may be
 short). The scale is OCP's E8M0 field X = 2^(floor(log2 max|v|) - emax), emax being the element's largest
 exponent, clamped to 2^-127..2^127; an all-zero block gets 2^-127 (field 0). Elements v / X are rounded and
-saturate at the element's largest value (the spec's clamp). Each raw pattern carries its block's E8M0 field
+saturate at the element's largest value (the spec's clamp: with E4M3, v / X in 464..512 becomes 448). Each raw pattern carries its block's E8M0 field
 in the 8 bits above the element, so a pattern decodes on its own and the planes keep the field per value.
 """
 from __future__ import annotations
@@ -247,7 +247,8 @@ class Format:
         """
         x = np.asarray(x, dtype=np.float64)
         if self.block:
-            raise UserError(f"{self.name} scales its own blocks: encode() real values directly")
+            raise UserError(f"{self.name} carries its own scale per block of {self.block}, not a per-channel "
+                            f"integer grid to quantise to: use int{self.width} here")
         if self.is_float:
             raise UserError(f"{self.name} is a float format: nothing to quantise")
         if self.frac or self.name.startswith("q"):
