@@ -166,6 +166,26 @@ def test_magnitude_mask_counts_weights_that_round_to_zero():
         assert int((q == 0).sum()) == max(want, 2)
 
 
+@pytest.mark.parametrize("count, want", [("bitsim", 24.0), ("magnitude", 22.0)])
+def test_weight_serial_pragmatic_design_by_hand(count, want):
+    """The registered pragmatic-ws design (BitSim's rule): 3 filters x 10 inputs, 8-lane chunks, 2 PE rows,
+    16 columns, 20 tokens -> 2 column steps. Chunk costs (ones of the heaviest weight, + its sign):
+    filter 0 [7 | 1] -> 3, 1; filter 1 [-3 | -1] -> 3, 2 (magnitude: 2, 1); filter 2 [127 | 0] -> 7, 0.
+    Rows {0, 1}: max(3, 3) + max(1, 2) = 5 (magnitude 3 + 1 = 4); row {2}: 7 + 0. (5 + 7) x 2 = 24; 22."""
+    from bitsieve.accel import ACCELERATORS, tiling
+    from bitsieve.train import accel_bridge
+
+    ints = np.zeros((3, 10), np.int64)
+    ints[0, 0], ints[0, 8], ints[1, 0], ints[1, 9], ints[2, 0] = 7, 1, -3, -1, 127
+    wl = tiling.Workload.linear(ints.astype(np.float32), tokens=20)
+    acc = ACCELERATORS["pragmatic-ws"]
+    cfg = acc.configure({"count": count})
+    cfg["format"] = "int8"
+    lay = tiling.layout(wl, cfg["group"], cfg["layout"])
+    wp = tiling.pack_lanes(accel_bridge.gather(ints, lay, 1), FMT8)
+    assert acc.simulate(wl, wp, None, cfg).cycles == want
+
+
 @pytest.mark.parametrize("args, msg", [
     (["train", "lenet-mnist", "--method", "nope"], "--method"),
     (["train", "no-such-model", "--method", "bitpruner"], "unknown built-in"),

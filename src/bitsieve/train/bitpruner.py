@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -307,9 +308,8 @@ def run(model_name: str, cfg: BitPrunerConfig, out_dir=None, resume: bool = Fals
             if stop_after is not None and computed[0] >= stop_after:
                 raise KeyboardInterrupt(f"simulated kill after {computed[0]} stages")
 
-    job = _Job(model_name, cfg, data, module, teacher, ck, killed_check)
     with Reporter(progress) as rep:
-        job.rep = rep
+        job = _Job(model_name, cfg, data, module, teacher, ck, killed_check, rep)
         per_format = {f: job.run_format(f) for f in cfg.formats}
     result = {"method": "bitpruner", "source": SOURCE, "model": model_name, "data": data.note,
               "target": cfg.target, "style": cfg.style, "config": asdict(cfg), "claims": CLAIMS,
@@ -322,9 +322,9 @@ def run(model_name: str, cfg: BitPrunerConfig, out_dir=None, resume: bool = Fals
 class _Job:
     """One BitPruner run: shared data, module, checkpoints; ``run_format`` does everything for one format."""
 
-    def __init__(self, model_name, cfg, data, module, teacher, ck, killed_check):
+    def __init__(self, model_name, cfg, data, module, teacher, ck, killed_check, rep):
         self.model_name, self.cfg, self.data, self.module, self.teacher = model_name, cfg, data, module, teacher
-        self.ck, self.killed_check, self.rep = ck, killed_check, None
+        self.ck, self.killed_check, self.rep = ck, killed_check, rep
         self.original = _state(module)
 
     def hits(self, proj: Projector, split: str) -> np.ndarray:
@@ -332,7 +332,7 @@ class _Job:
         x, y = (d.x_val, d.y_val) if split == "val" else (d.x_test, d.y_test)
         return correct(self.module, x, y, d.logprob, proj.values(), batch=d.eval_batch)
 
-    def chunk(self, name: str, start: dict, make: callable, order_key: str) -> dict:
+    def chunk(self, name: str, start: dict, make: Callable[[], Projector], order_key: str) -> dict:
         """Train one chunk (a round or a baseline's share of the budget) from ``start``; afterwards the module
         holds its latent weights. Returns its summary (steps, loss, val accuracy)."""
         def run_():
@@ -404,13 +404,12 @@ class _Job:
                        f"{fmt_name}/chunk{r}")
             mg_state = _state(module)
 
-        k_abl = bp_level if bp_level is not None else None
         specs = {  # variant -> (latent state, projection, masks, steps trained)
             "original": (self.original, plain, None, 0),
             "non-pruned FT": (base_state, plain, None, steps_total),
             "magnitude FT": (mg_state, plain, masks, steps_total),
-            "rounding only": (self.original, budget(k_abl, balance=False), None, 0) if k_abl else None,
-            "rounding+balance": (self.original, budget(k_abl), None, 0) if k_abl else None,
+            "rounding only": (self.original, budget(bp_level, balance=False), None, 0) if bp_level else None,
+            "rounding+balance": (self.original, budget(bp_level), None, 0) if bp_level else None,
             "bitpruner": (bp_state, bp_proj, None, steps_total),
         }
         tgs = {d: accel_bridge.target(self.model_name, d, fmt_name, cfg.act_samples) for d in cfg.designs}
