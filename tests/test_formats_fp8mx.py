@@ -2,6 +2,8 @@
 round trips through the planes, and the CLI."""
 import json
 import math
+import subprocess
+import sys
 
 import ml_dtypes
 import numpy as np
@@ -209,3 +211,11 @@ def test_cli_formats_version_and_profile(capsys):
     assert main(["profile", "lenet-mnist", "--format", "mxfp4@0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("bitsieve: error:") and "\n" not in err
+
+
+def test_version_and_formats_do_not_import_torch():
+    code = ("import sys; from bitsieve.cli import main; rc = main(['--version']) + main(['formats']); "
+            "sys.exit(rc or 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("bitsieve ") and "mxfp4" in r.stdout
