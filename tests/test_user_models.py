@@ -116,8 +116,10 @@ def test_onnx_activations_match_torch(onnx_file, tmp_path, capsys):
 def test_state_dict_cannot_run(tmp_path, capsys):
     torch.save(nn.Linear(4, 3).state_dict(), tmp_path / "w.pt")
     np.save(tmp_path / "x.npy", np.zeros((1, 4), np.float32))
-    err = error_line(capsys, "simulate", str(tmp_path / "w.pt"), "--inputs", str(tmp_path / "x.npy"))
-    assert "no architecture" in err
+    for cmd in ("simulate", "eval", "compare"):
+        assert "no architecture" in error_line(capsys, cmd, str(tmp_path / "w.pt"), "--inputs", str(tmp_path / "x.npy"))
+        assert "its own data" in error_line(capsys, cmd, "lenet-mnist", "--inputs", str(tmp_path / "x.npy"))
+    assert "--inputs" in error_line(capsys, "simulate", str(tmp_path / "w.pt"), "--inputs", str(tmp_path / "x.csv"))
 
 
 # ---- (c) Hugging Face folders -------------------------------------------------------------------------------

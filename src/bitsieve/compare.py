@@ -121,6 +121,8 @@ def plan(model: str = DEFAULT_MODEL, *, methods: list[str] | None = None, accels
         methods_mod.parse_specs(s.split("+"))  # unknown methods and bad parameters fail here
     base = designs.defaults(accels, fmt=fmt, sets=sets)
     skipped: list[str] = []
+    if model in BUILTINS and inputs is not None:
+        raise UserError(f"{model} runs on its own data: --inputs is for user models (.onnx, Hugging Face folders)")
     if model not in BUILTINS and inputs is not None:  # a user model run on the user's data: no labels, no accuracy
         from . import model as model_mod
 

@@ -662,6 +662,10 @@ def evaluate_user(spec: str, variants: list, inputs, labels=None, overrides: dic
     from . import capture
     from .checkpoint import Checkpoint, is_checkpoint
 
+    from .zoo import BUILTINS
+
+    if spec in BUILTINS:
+        raise UserError(f"{spec} runs on its own data: --inputs is for user models (.onnx, Hugging Face folders)")
     overrides = overrides or {}
     fmt, group = overrides.get("format"), overrides.get("group")
     path = Path(spec)
