@@ -144,3 +144,22 @@ def test_terminal_table_names_the_configured_design(tmp_path, capsys):
                  "--limit", "200", "-o", str(tmp_path / "t.html"), "--workers", "1"]) == 0
     out = capsys.readouterr().out
     assert "bitx[keep=1]" in out and "24/1 = 24.00 by construction" in out.replace("\n", " ")
+
+
+def test_compare_decoding_gemv_is_memory_bound(tmp_path, capsys):
+    """compare on a weights file with --tokens 1: every design's latency is the weights' DRAM time, so the
+    latency speed-up over dense is ~1 whatever the compute speed-up; the notes say what was assumed."""
+    import torch
+
+    torch.manual_seed(0)
+    torch.save({"fc.weight": torch.randn(512, 512)}, tmp_path / "w.pt")
+    args = ["compare", str(tmp_path / "w.pt"), "--tokens", "1", "--accel", "bitvert,bitwave", "--workers", "1",
+            "--curves", "none", "--method", "bbs:k=2", "-o", str(tmp_path / "r.html"), "--json"]
+    assert main(args) == 0, capsys.readouterr().err
+    out = json.loads(capsys.readouterr().out)
+    assert any("GEMMs of 1 tokens" in n for n in out["notes"])
+    dram = (512 * 512 + 512 + 512) * 8 / 128  # int8 weights, input, output over 128 bits per cycle
+    for d in out["designs"]:
+        if d["format"] == "int8":
+            assert d["latency_cycles"] == dram and d["speedup_latency"] == pytest.approx(1.0)
+    assert max(d["speedup"] for d in out["designs"]) >= 2.0

@@ -113,6 +113,10 @@ def compare(
     inputs: Optional[str] = typer.Option(None, "--inputs", help="Run a user model (an .onnx file or a Hugging "
                                          "Face folder) on this data (.npy, .npz, .txt) so the designs that "
                                          "read activations are compared too (no labels: no accuracy)."),
+    tokens: Optional[int] = typer.Option(None, "--tokens", help="A weights file's linear layers as GEMMs of N "
+                                         "tokens (1: decoding, a GEMV: latency is the weights' DRAM time)."),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="A weights file's convs see this input, "
+                                              "NxCxHxW (e.g. 1x3x224x224)."),
     accel: Optional[str] = typer.Option(None, "--accel", help="Only these designs, comma-separated "
                                         "(default: all; the dense baseline is always there)."),
     fmt: str = typer.Option("auto", "--format", help="Data format of the designs: auto (each on its published "
@@ -164,11 +168,14 @@ def compare(
     lim = None if full else ("quick" if limit is None else limit)
     nw = workers or default_workers()
     p = cmp.plan(model, methods=method or None, accels=accels, fmt=fmt, limit=lim, accuracy=lim != 0,
-                 sets=parse_sets(sets), curves=curves, workers=nw, sensitivity=sensitivity, inputs=inputs)
+                 sets=parse_sets(sets), curves=curves, workers=nw, sensitivity=sensitivity, inputs=inputs,
+                 tokens=tokens, input_shape=input_shape)
     if p.skipped and not json_out:
         out.print(f"[yellow]left out: {', '.join(p.skipped)} (their cycles read input activations, which a weights "
                   "file cannot give: run an .onnx file or a Hugging Face folder on your data with --inputs FILE)[/]")
     if not json_out:
+        for note in p.notes:
+            out.print(f"note: {note}", highlight=False)
         acc = ("no accuracy" if p.limit == 0 else "accuracy on the whole evaluation set" if p.limit is None
                else f"accuracy on {p.limit} samples")
         out.print(f"[bold]{model}[/]: {len(p.designs)} designs, {len(p.entries)} rows, {acc}")
@@ -189,7 +196,7 @@ def compare(
             return None if isinstance(x, float) and not math.isfinite(x) else x
 
         print(json.dumps(clean({"model": model, "report": path, "limit": p.limit, "original": orig,
-                                "left_out": p.skipped,
+                                "left_out": p.skipped, "notes": p.notes,
                                 "designs": data, "published": res["published"], "warnings": res["warnings"],
                                 "wall_s": res["wall_s"],
                                 "unit_seconds": res["seconds"], "rows": len(rows)})))

@@ -64,6 +64,7 @@ class Unit:
     seed: int = 0
     layers: int = 0  # sensitivity: how many layers (pipeline.sensitivity_records)
     inputs: str | None = None  # a user model's data to run it on (bitsieve.capture)
+    shapes: tuple = (None, None)  # a weights file's assumed (tokens, input shape): bitsieve.model.load
 
     @property
     def label(self) -> str:
@@ -98,6 +99,8 @@ class Plan:
     skipped: list[str] = field(default_factory=list)  # designs left out (they read activations a file lacks)
     units: list[Unit] = field(default_factory=list)
     inputs: str | None = None  # a user model's data (--inputs)
+    shapes: tuple = (None, None)  # a weights file's assumed (--tokens, --input-shape)
+    notes: list[str] = field(default_factory=list)  # what loading a user model assumed or did
 
     @property
     def designs(self) -> list[designs.Design]:
@@ -107,10 +110,12 @@ class Plan:
 def plan(model: str = DEFAULT_MODEL, *, methods: list[str] | None = None, accels: list[str] | None = None,
          fmt: str = "auto", group: int = 64, limit: int | None | str = "quick", accuracy: bool = True,
          activations: int = DEFAULT_ACTIVATIONS, seed: int = 0, sets: dict | None = None, curves: str = "weights",
-         workers: int = 2, sensitivity: int = SENSITIVITY_LAYERS, inputs: str | None = None) -> Plan:
+         workers: int = 2, sensitivity: int = SENSITIVITY_LAYERS, inputs: str | None = None,
+         tokens: int | None = None, input_shape: str | None = None) -> Plan:
     """Check every choice and cut the comparison into units (nothing runs yet). ``inputs``: the data a user model
     (an .onnx file, a Hugging Face folder) runs on, so the designs that read activations are compared too (it
-    runs once here, which checks the model and its inputs and gives the batch)."""
+    runs once here, which checks the model and its inputs and gives the batch). ``tokens`` / ``input_shape``: the
+    GEMM and conv sizes a weights file lacks (``--tokens 1``: decoding, where latency is the weights' DRAM time)."""
     from . import methods as methods_mod
     from .zoo import BUILTINS
 
@@ -121,17 +126,19 @@ def plan(model: str = DEFAULT_MODEL, *, methods: list[str] | None = None, accels
         methods_mod.parse_specs(s.split("+"))  # unknown methods and bad parameters fail here
     base = designs.defaults(accels, fmt=fmt, sets=sets)
     skipped: list[str] = []
+    notes: list[str] = []
     if model in BUILTINS and inputs is not None:
         raise UserError(f"{model} runs on its own data: --inputs is for user models (.onnx, Hugging Face folders)")
     if model not in BUILTINS and inputs is not None:  # a user model run on the user's data: no labels, no accuracy
         from . import model as model_mod
 
         m = model_mod.load(model, inputs=inputs)
+        notes = m.notes
         activations = next((int(L.activation.shape[0]) for L in m.layers if L.activation is not None), 1)
     elif model not in BUILTINS:  # a weights file: no architecture to run, so no activations and no accuracy
         from . import model as model_mod
 
-        model_mod.load(model)  # a bad file fails here, before any work
+        notes = model_mod.load(model, tokens=tokens, input_shape=input_shape).notes  # a bad file fails here
         activations = 0
         keep = [d for d in base if not d.reads_activations()]
         skipped = [d.name for d in base if d not in keep]
@@ -162,7 +169,8 @@ def plan(model: str = DEFAULT_MODEL, *, methods: list[str] | None = None, accels
         limit = quick_limit(builtin.task) if builtin else 0
     if builtin is None or not accuracy:
         limit = 0
-    p = Plan(model, entries, specs, limit, activations, group, skipped=skipped, inputs=inputs)
+    p = Plan(model, entries, specs, limit, activations, group, skipped=skipped, inputs=inputs,
+             shapes=(tokens, input_shape), notes=notes)
     if limit != 0:
         seen: dict = {}
         for e in entries:
@@ -184,10 +192,11 @@ def plan(model: str = DEFAULT_MODEL, *, methods: list[str] | None = None, accels
         if sensitivity and target is not None:
             n = SENSITIVITY_SAMPLES if limit is None else min(limit, SENSITIVITY_SAMPLES)
             p.units.append(Unit("sensitivity", model, design=target, limit=n, seed=seed, layers=sensitivity))
-    p.units.append(Unit("profile", model, activations=activations, seed=seed, inputs=inputs))
+    p.units.append(Unit("profile", model, activations=activations, seed=seed, inputs=inputs, shapes=p.shapes))
     for d in p.designs:
         ms = tuple(e.method for e in entries if e.design == d and e.method)
-        p.units.append(Unit("sim", model, design=d, methods=ms, activations=activations, seed=seed, inputs=inputs))
+        p.units.append(Unit("sim", model, design=d, methods=ms, activations=activations, seed=seed, inputs=inputs,
+                            shapes=p.shapes))
     p.units.sort(key=lambda u: -u.cost)
     return p
 
@@ -200,11 +209,12 @@ def _prepared(unit: Unit):
     """The model with its activations captured, loaded once per process."""
     from . import model as model_mod
 
-    key = (unit.model, unit.activations, unit.inputs)
+    key = (unit.model, unit.activations, unit.inputs, unit.shapes)
     if key not in _CACHE:
         _CACHE.clear()
+        tokens, input_shape = unit.shapes
         m = model_mod.load(unit.model, inputs=unit.inputs) if unit.inputs is not None else \
-            model_mod.load(unit.model, activations=unit.activations)
+            model_mod.load(unit.model, activations=unit.activations, tokens=tokens, input_shape=input_shape)
         layers = [L for L in m.layers if L.kind in ("conv", "linear")]
         if not layers:
             raise UserError(f"{unit.model} has no conv or linear layers")
