@@ -204,6 +204,9 @@ def _print_bitpruner(r: dict):
                   f"by design). 'nb': no load balance. Steps: every trained variant gets BitPruner's whole budget, "
                   f"kept and rejected rounds ({len(kept)} kept of {len(f['rounds'])}); the magnitude model is masked "
                   f"to BitPruner's zero weights per layer (zero wts % is after its fine-tuning).")
+        if f["budget"] is None:
+            out.print(f"no round was kept at {fmt}: BitPruner returns the original model unchanged (its row); the "
+                      f"rejected round's steps still count in the baselines' budget.")
         p, bp = f["paper"], next(v for v in f["variants"] if v["name"] == "bitpruner")
         ws = [d for d, x in f["designs"].items() if x["reads_weights"]]
         spn = ", ".join(f"{d} {_num(p['speedup_vs_nonpruned'][d], '{:.2f}x')}" for d in ws)

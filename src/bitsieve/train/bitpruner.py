@@ -62,7 +62,7 @@ TARGETS = tuple(TARGET_STYLE)
 DESIGNS = ("stripes", "pragmatic", "laconic", "tactical", "pragmatic-ws")
 #: per-task training defaults where a field is left at 0 (ImageNet: a few hundred images on 2 CPU cores)
 TASK_DEFAULTS = {"mnist": {"batch": 64, "lr": 1e-4}, "faces": {"batch": 64, "lr": 1e-4},
-                 "imagenet": {"batch": 16, "lr": 5e-5, "steps": 10}}
+                 "imagenet": {"batch": 16, "lr": 1e-5, "steps": 10}}
 VARIANTS = ("original", "non-pruned FT", "magnitude FT", "rounding only", "rounding+balance", "bitpruner")
 
 
