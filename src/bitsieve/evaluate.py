@@ -567,9 +567,11 @@ def _split(batch):
 def _module_scores(m: model_mod.Model, batches, score) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-sample scores (and predictions, where the metric has them) of the module over the cached batches."""
     scores, preds = [], []
+    device = next(m.module.parameters()).device
+    move = lambda x: x.to(device) if isinstance(x, torch.Tensor) else x  # noqa: E731 (batches stay where they are)
     with torch.no_grad():
         for args, kwargs, target in batches:
-            out = score(m.module(*args, **kwargs), target)
+            out = score(m.module(*map(move, args), **{k: move(v) for k, v in kwargs.items()}), target)
             s, p = out if isinstance(out, tuple) else (out, None)
             scores.append(np.asarray(s.cpu() if isinstance(s, torch.Tensor) else s, dtype=np.float64).reshape(-1))
             if p is not None:

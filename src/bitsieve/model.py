@@ -337,7 +337,7 @@ def _hook(layer: Layer, seen: list[str], keep: bool, module: nn.Module, args: tu
         x, output = x.unsqueeze(-2), output.unsqueeze(-2)
     layer.in_shape, layer.out_shape = tuple(x.shape[1:]), tuple(output.shape[1:])
     if keep:  # a copy: later in-place ops (e.g. ReLU(inplace=True)) must not alter it
-        layer.activation = x.detach().float().numpy().copy()
+        layer.activation = x.detach().float().cpu().numpy().copy()
 
 
 def _trace(model: Model, n: int, keep: bool) -> None:
