@@ -179,3 +179,33 @@ def test_input_shape_for_state_dict_convs(tmp_path, capsys):
     assert any("32x32 input" in n and "'same' padding" in n for n in got["notes"])
     assert any("one token" in n for n in got["notes"])  # --tokens not given: said, not hidden
     assert "--input-shape" in error_line(capsys, "simulate", str(tmp_path / "w.pt"), "--input-shape", "32")
+
+
+def test_checkpoint_simulated_streamed_equals_in_memory(tmp_path):
+    """A sharded bf16 checkpoint is simulated one tensor at a time; every row (methods included, BBS's beta
+    ranked over the whole model) equals simulating the model loaded whole."""
+    from safetensors.torch import save_file
+
+    from bitsieve import model as model_mod
+    from bitsieve import simulate as sim
+
+    torch.manual_seed(0)
+    shards = [{"model.layers.0.self_attn.q_proj.weight": torch.randn(64, 48), "model.embed_tokens.weight":
+               torch.randn(100, 48), "model.layers.0.input_layernorm.weight": torch.ones(48)},
+              {"model.layers.0.mlp.up_proj.weight": torch.randn(96, 48) * 3, "lm_head.weight": torch.randn(100, 48)}]
+    index = {"metadata": {}, "weight_map": {}}
+    for i, tensors in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-00002.safetensors"
+        save_file({k: v.to(torch.bfloat16) for k, v in tensors.items()}, tmp_path / name)
+        index["weight_map"].update({k: name for k in tensors})
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 100}))
+    run = lambda: sim.Run(accels=["bitvert", "bitwave"], fmt="int8", methods=["bbs:k=2,beta=0.3", "bitx:keep=3"])  # noqa: E731
+    streamed = sim.simulate_model(str(tmp_path), run(), tokens=4)
+    whole = sim.simulate_model(model_mod.load(tmp_path, tokens=4), run())
+    key = lambda r: (r["layer"], r["method"], r["accel"], r["metric"])  # noqa: E731
+    assert len(streamed["rows"]) == len(whole["rows"]) > 0
+    assert sorted((key(r), r["value"]) for r in streamed["rows"]) == sorted((key(r), r["value"]) for r in whole["rows"])
+    assert {i["name"] for i in streamed["layers"]} == {"model.layers.0.self_attn.q_proj", "model.layers.0.mlp.up_proj",
+                                                       "lm_head"}  # no embedding, no norm
+    assert any("GEMMs of 4 tokens" in n for n in streamed["notes"])

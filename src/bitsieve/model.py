@@ -179,35 +179,69 @@ def _load_running(spec, inputs, allow_nonfinite: bool, include_other: bool) -> M
 def _assume_shapes(model: Model, tokens: int | None, input_shape: str | None, keep_geometry: bool) -> None:
     """A weights file has no input shapes: give linear layers `tokens` tokens and convs without a known input
     size the `input_shape` H x W ('same' padding, where the file stores no padding), and say what was assumed."""
-    said = []
-    if tokens is not None:
-        for layer in model.layers:
-            if layer.kind == "linear":
-                layer.in_shape, layer.out_shape = (tokens, layer.weight.shape[1]), (tokens, layer.weight.shape[0])
-        said.append(f"linear layers are GEMMs of {tokens} tokens (--tokens)")
-    if input_shape is not None:
-        h, w = _spatial(input_shape)
-        for layer in model.layers:
-            if layer.kind == "conv" and layer.in_shape is None:
-                kh, kw = layer.weight.shape[2:]
-                if not keep_geometry:
-                    layer.padding = ((kh - 1) // 2, (kw - 1) // 2)
-                (sh, sw), (ph, pw) = layer.stride, layer.padding
-                oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-                if oh < 1 or ow < 1:
-                    raise UserError(f"--input-shape {input_shape}: layer {layer.name}'s kernel {kh}x{kw} does not "
-                                    "fit the input")
-                layer.in_shape = (layer.weight.shape[1] * layer.groups, h, w)
-                layer.out_shape = (layer.weight.shape[0], oh, ow)
-        said.append(f"every conv sees a {h}x{w} input (--input-shape)" + (
-            "" if keep_geometry else " with stride 1 and 'same' padding (a state dict stores neither)"))
-    if said:
-        model.notes.append("; ".join(said))
-    unknown = {layer.kind for layer in model.layers if layer.in_shape is None}
+    hw = None if input_shape is None else _spatial(input_shape)
+    for layer in model.layers:
+        assume_shape(layer, tokens, hw, keep_geometry)
+    model.notes += shape_notes(tokens, hw, keep_geometry, {layer.kind for layer in model.layers
+                                                            if layer.in_shape is None})
+
+
+def assume_shape(layer: Layer, tokens: int | None, hw: tuple | None, keep_geometry: bool) -> None:
+    """One layer of a weights file: a linear layer as a GEMM of `tokens` tokens, a conv of unknown input size
+    on an `hw` input (stride 1 and 'same' padding unless the file stores its geometry)."""
+    if tokens is not None and layer.kind == "linear":
+        layer.in_shape, layer.out_shape = (tokens, layer.weight.shape[1]), (tokens, layer.weight.shape[0])
+    if hw is not None and layer.kind == "conv" and layer.in_shape is None:
+        (h, w), (kh, kw) = hw, layer.weight.shape[2:]
+        if not keep_geometry:
+            layer.padding = ((kh - 1) // 2, (kw - 1) // 2)
+        (sh, sw), (ph, pw) = layer.stride, layer.padding
+        oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        if oh < 1 or ow < 1:
+            raise UserError(f"--input-shape: layer {layer.name}'s kernel {kh}x{kw} does not fit a {h}x{w} input")
+        layer.in_shape = (layer.weight.shape[1] * layer.groups, h, w)
+        layer.out_shape = (layer.weight.shape[0], oh, ow)
+
+
+def shape_notes(tokens: int | None, hw: tuple | None, keep_geometry: bool, unknown: set) -> list[str]:
+    """What `assume_shape` assumed, and which layer kinds (`unknown`) are still costed without an input size."""
+    said = ([f"linear layers are GEMMs of {tokens} tokens (--tokens)"] if tokens is not None else []) + (
+        [f"every conv sees a {hw[0]}x{hw[1]} input (--input-shape)" + (
+            "" if keep_geometry else " with stride 1 and 'same' padding (a state dict stores neither)")]
+        if hw is not None else [])
     rest = (["each linear layer is costed as one token (give --tokens N)"] if "linear" in unknown else []) + \
         (["each conv as one output pixel (give --input-shape NxCxHxW)"] if "conv" in unknown else [])
-    if rest:
-        model.notes.append("a weights file has no input shapes: " + ", ".join(rest))
+    return (["; ".join(said)] if said else []) + (
+        ["a weights file has no input shapes: " + ", ".join(rest)] if rest else [])
+
+
+def stream_checkpoint(path, tokens: int | None = None, input_shape: str | None = None,
+                      allow_nonfinite: bool = False) -> tuple[Model, int, object]:
+    """A safetensors checkpoint's conv/linear layers one at a time, each read, widened to float32 and shaped as
+    ``load`` would (so a model larger than memory can be simulated layer by layer): the Model shell (name and
+    notes, no layers), the number of layers and a generator of Layers. The notes are complete once the
+    generator is exhausted."""
+    from .checkpoint import Checkpoint
+
+    ck = Checkpoint(path)
+    entries = ck.layers()
+    hw = None if input_shape is None else _spatial(input_shape)
+    shell = Model(ck.name, [], notes=[ck.describe()])
+
+    def layers():
+        unknown = set()
+        for e in entries:
+            t = ck.read(e)
+            layer = Layer(e.name, e.kind, t.to(torch.float32).numpy(), role=e.role, dtype=_FORMATS.get(t.dtype, "fp32"))
+            del t
+            _check_finite(layer, allow_nonfinite)
+            assume_shape(layer, tokens, hw, False)
+            if layer.in_shape is None:
+                unknown.add(layer.kind)
+            yield layer
+        shell.notes += shape_notes(tokens, hw, False, unknown)
+
+    return shell, len(entries), layers()
 
 
 def _spatial(text: str) -> tuple[int, int]:

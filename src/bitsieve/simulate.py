@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -224,43 +225,51 @@ def simulate_model(model, run: Run, *, activations: int = 1, inputs=None, tokens
     from . import model as model_mod
     from .zoo import BUILTINS
 
+    from .checkpoint import is_checkpoint
+
     sim = Simulator(run)
     needs_acts = any(a.reads_activations(sim.cfg[n], sim.fmt) for n, a in sim.accels.items())
+    variants = {}
+    for spec in run.methods:
+        steps = _method_steps(spec, sim.fmt.name)
+        variants["+".join(s.spec() for s in steps)] = steps
     if isinstance(model, model_mod.Model):
         m = model
     elif inputs is not None:
         m = model_mod.load(model, inputs=inputs)
+    elif model not in BUILTINS and is_checkpoint(Path(model)) and Path(model).exists():
+        m = None  # a safetensors checkpoint: streamed, one tensor in memory at a time
     else:
         # a weights file has no architecture to run: its layers have shapes only where the file says so (or
         # --tokens / --input-shape assume), and the designs that read activations say they need --inputs
         with_acts = needs_acts and model in BUILTINS
         m = model_mod.load(model, activations=activations if with_acts else 0, tokens=tokens,
                            input_shape=input_shape)
-    layers = [layer for layer in m.layers if layer.kind in ("conv", "linear")]
-    if not layers:
-        raise UserError(f"{m.name} has no conv or linear layers to simulate")
-    sim.run.inferences = next((int(L.activation.shape[0]) for L in layers if L.activation is not None), 1)
-    method_weights = {"": None}
-    for spec in run.methods:
-        steps = _method_steps(spec, sim.fmt.name)
-        res = methods.apply_model(layers, steps)
-        method_weights["+".join(s.spec() for s in steps)] = [r.weight for r in res]
+    if m is None:
+        m, count, pairs = _streamed(model, variants, tokens, input_shape)
+    else:
+        layers = [layer for layer in m.layers if layer.kind in ("conv", "linear")]
+        if not layers:
+            raise UserError(f"{m.name} has no conv or linear layers to simulate")
+        new = {key: [r.weight for r in methods.apply_model(layers, steps)] for key, steps in variants.items()}
+        count, pairs = len(layers), ((L, {k: w[i] for k, w in new.items()}) for i, L in enumerate(layers))
+        sim.run.inferences = next((int(L.activation.shape[0]) for L in layers if L.activation is not None), 1)
     rows, info = [], []
-    per_method_rows = {k: [] for k in method_weights}
+    per_method_rows = {k: [] for k in ["", *variants]}
     seconds = {n: 0.0 for n in sim.accels}
-    for i, layer in enumerate(layers):
+    for i, (layer, weights) in enumerate(pairs):
         wl = tiling.from_layer(layer)
         info.append({"name": wl.name, "kind": wl.kind, "shape": wl.describe(), "macs": wl.macs})
         acache: dict = {}
-        for key, ws in method_weights.items():
-            res = layer_results(sim, wl, None if ws is None else ws[i], acache, seconds=seconds)
+        for key in per_method_rows:
+            res = layer_results(sim, wl, weights.get(key), acache, seconds=seconds)
             lr = layer_rows(sim, m.name, key, wl, res)
             per_method_rows[key].extend(lr)
             rows.extend(lr)
         if not isinstance(model, model_mod.Model):
             layer.activation = None  # streaming: this layer's activations are no longer needed
         if progress:
-            progress(i + 1, len(layers), layer.name)
+            progress(i + 1, count, layer.name)
     for key, lr in per_method_rows.items():
         rows.extend(memory_rows(m.name, key, lr, sim.run.inferences))
         rows.extend(whole_rows(sim, m.name, key, lr))
@@ -268,6 +277,47 @@ def simulate_model(model, run: Run, *, activations: int = 1, inputs=None, tokens
             "labels": dict(sim.labels), "notes": list(m.notes), "inferences": sim.run.inferences,
             "accels": {n: {"source": a.source, "confidence": a.confidence, "config": {
                 k: v for k, v in sim.cfg[n].items() if k != "format"}} for n, a in sim.accels.items()}}
+
+
+def _streamed(path: str, variants: dict, tokens: int | None, input_shape: str | None):
+    """A checkpoint's layers one at a time, each with its weights after every method variant: (Model shell,
+    layer count, generator of (layer, {variant: weights})). BBS's beta ranks channels over the whole model as
+    ``methods.apply_model`` does, from a first streamed pass (``checkpoint._global_channels``)."""
+    import torch
+
+    from . import checkpoint
+    from . import model as model_mod
+    from .methods import apply_tensor
+
+    ck = checkpoint.Checkpoint(path)
+    todo = {e.key: e for e in ck.layers()}
+
+    def chunks(steps):
+        def gen(e, upto: int, sens: dict):
+            for start, stop in e.row_chunks():
+                w, st = ck.read(e, start, stop).to(torch.float32).numpy(), []
+                for k, step in enumerate(steps[:upto]):
+                    w, more = apply_tensor(w, [step], sensitive=sens[k][e.key][start:stop] if k in sens else None)
+                    st += more
+                yield (start, stop), None, w, st, 0
+        return gen
+
+    sens = {key: checkpoint._global_channels(steps, todo, chunks(steps)) for key, steps in variants.items()}
+    keys = {e.name: e.key for e in todo.values()}
+    shell, count, layers = model_mod.stream_checkpoint(path, tokens, input_shape)
+
+    def pairs():
+        for layer in layers:
+            out = {}
+            for key, steps in variants.items():
+                w = layer.weight
+                for k, step in enumerate(steps):
+                    w, _ = apply_tensor(w, [step], sensitive=sens[key][k][keys[layer.name]] if k in sens[key] else None,
+                                        groups=layer.groups)
+                out[key] = w
+            yield layer, out
+
+    return shell, count, pairs()
 
 
 def memory_rows(model: str, method: str, layer_rows_: list[dict], inferences: int) -> list[dict]:
