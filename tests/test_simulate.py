@@ -179,6 +179,10 @@ def test_input_shape_for_state_dict_convs(tmp_path, capsys):
     assert any("32x32 input" in n and "'same' padding" in n for n in got["notes"])
     assert any("one token" in n for n in got["notes"])  # --tokens not given: said, not hidden
     assert "--input-shape" in error_line(capsys, "simulate", str(tmp_path / "w.pt"), "--input-shape", "32")
+    every = run_json(capsys, str(tmp_path / "w.pt"), "--format", "int8")  # --accel all: the weight-only designs
+    accels = {s["accel"] for s in every["summary"]}
+    assert "bitwave" in accels and not accels & {"stripes", "pragmatic", "laconic"}
+    assert any(n.startswith("left out: ") and "stripes" in n for n in every["notes"])
 
 
 def test_checkpoint_simulated_streamed_equals_in_memory(tmp_path):

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from .cli import app, out  # noqa: F401
+from .cli_methods import MODELS
 from .errors import UserError
 
 
@@ -73,8 +74,12 @@ def simulate(
 
     f = formats.get(fmt)
     kind = "int" if not f.is_float else f.name
+    left_out = []
     if accel.strip().lower() == "all":
         chosen = [n for n, a in ACCELERATORS.items() if kind in a.formats]
+        if inputs is None and model not in {m[0] for m in MODELS}:  # a weights file: no activations to read
+            left_out = [n for n in chosen if ACCELERATORS[n].needs_activations]
+            chosen = [n for n in chosen if n not in left_out]
     else:
         chosen = names(accel)
     if baseline is not None:
@@ -89,6 +94,9 @@ def simulate(
     with _progress("simulate", json_out) as progress:
         res = simulate_model(model, run, activations=activations, inputs=inputs, tokens=tokens,
                              input_shape=input_shape, progress=progress)
+    if left_out:
+        res["notes"].append(f"left out: {', '.join(left_out)} (they read input activations, which a weights file "
+                            "cannot give: run an .onnx file or a Hugging Face folder on your data with --inputs)")
     rows = res["rows"]
     summary = _summary(rows, res["labels"])
     if csv_path:
