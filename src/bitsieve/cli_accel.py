@@ -58,15 +58,17 @@ def simulate(
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Also report speed-ups over this accelerator."),
     sets: List[str] = typer.Option([], "--set", help="Override a parameter: ACCEL.PARAM=VALUE "
                                    "(e.g. pragmatic.bits_first_stage=2)."),
-    activations: int = typer.Option(1, "--activations", help="Real input samples whose activations drive the "
-                                    "activation-serial designs."),
+    activations: int = typer.Option(1, "--activations", help="Real input samples of a built-in model whose "
+                                    "activations drive the activation-serial designs."),
     seed: int = typer.Option(0, "--seed", help="Seed of every sampled estimate (bitlet product alignment)."),
     layers: bool = typer.Option(False, "--layers", help="Also print the per-layer table."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (rows, summary, layers)."),
     csv_path: Optional[str] = typer.Option(None, "--csv", help="Also write the tidy rows to this CSV file."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --csv file."),
 ):
-    """Cycles, speed-ups, energy, area and the bottleneck of a model's layers on bit-serial accelerators."""
+    """Cycles, speed-ups (compute only, and with the DRAM time of streaming weights and activations), latency,
+    energy, area and the bottleneck of a model's layers on bit-serial accelerators. A safetensors checkpoint is
+    streamed one tensor at a time."""
     from . import formats, results
     from .accel import ACCELERATORS, names, parse_sets
     from .io import check_writable, write_atomic
