@@ -67,12 +67,14 @@ def prune_(module, methods: str, format: str | None = None, group: int | None = 
 
 
 def _simulate(model, accel, format: str = "int16", example_inputs=None, baseline: str | None = None,
-              methods=(), inputs=None, tokens: int | None = None) -> list[dict]:
+              methods=(), inputs=None, tokens: int | None = None, input_shape: str | None = None) -> list[dict]:
     """Cycles, speed-ups, latency with memory time, energy and area of ``model`` (a module, path, built-in name
     or loaded Model) on the accelerators ``accel``, per layer and for the whole model (layer ``*``), as tidy
     rows. With a live module and ``example_inputs`` (or a Hugging Face folder / .onnx file and ``inputs``, an
     array or a .npy/.npz/.txt path) the activation-serial designs read the real inputs each layer saw.
-    ``methods``: variants, each one spec or several composed with ``+``; the unmodified model is always there."""
+    ``methods``: variants, each one spec or several composed with ``+``; the unmodified model is always there.
+    ``tokens`` / ``input_shape`` ('1x3x224x224'): the GEMM and conv sizes a weights file lacks (``tokens=1``:
+    decoding, where ``latency_cycles`` / ``speedup_memory`` show the weights' DRAM time); a checkpoint streams."""
     from . import model as model_mod
     from .simulate import Run, simulate_model
 
@@ -84,7 +86,7 @@ def _simulate(model, accel, format: str = "int16", example_inputs=None, baseline
         m = model_mod.load(model, example_inputs=example_inputs)
     run = Run(accels=[accel] if isinstance(accel, str) else list(accel), fmt=format, baseline=baseline,
               methods=[methods] if isinstance(methods, str) else list(methods))
-    return simulate_model(m, run, inputs=inputs, tokens=tokens)["rows"]
+    return simulate_model(m, run, inputs=inputs, tokens=tokens, input_shape=input_shape)["rows"]
 
 
 def _builtin_names():
