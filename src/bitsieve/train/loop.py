@@ -276,7 +276,7 @@ class Reporter:
         return self.p.add_task(stage, total=total, epoch=0.0, loss=float("nan"), metric="")
 
     def advance(self, task, step: int, epoch: float, loss: float):
-        if step % 10 == 0:
+        if step % 10 == 0 or step == 1:  # the first step too: a stage of a few steps shows its loss
             self.p.update(task, completed=step, epoch=epoch, loss=loss)
 
     def finish(self, task, metric: float | None):
