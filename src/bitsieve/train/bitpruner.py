@@ -111,8 +111,8 @@ class BitPrunerConfig:
             raise UserError(f"bitpruner: unknown design(s) {', '.join(bad) or '(none)'} (see `bitsieve accelerators`)")
         top = min(formats.get(f).nbits for f in self.formats) - 1
         if not 0 <= self.start <= top:
-            raise UserError(f"bitpruner: start must be 0 (auto) or a budget 1..{top} (the magnitude bits of "
-                            f"{'/'.join(self.formats)})")
+            raise UserError(f"bitpruner: start must be 0 (auto) or a budget 1..{top} (below the {top + 1} "
+                            f"magnitude bits of {'/'.join(self.formats)})")
         if not 0 < self.start_drop < 1:
             raise UserError("bitpruner: start_drop must be in (0, 1)")
         if not 0 <= self.balance_drop < 1:
