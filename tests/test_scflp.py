@@ -327,3 +327,15 @@ def test_scflp_kill_resume(tmp_path):
     assert again["stages_loaded"] == ["dense/epoch1", "dense/epoch2", "stochastic/epoch1"]
     assert again["stages_run"] == ["stochastic/epoch2"]
     assert _strip(again) == _strip(full)
+
+
+def test_cli_prints_the_run(capsys):
+    """The terminal path of `bitsieve train --method scflp` (not --json) prints every part of render()."""
+    from bitsieve.cli import main
+
+    args = ["train", "lenet-mnist", "--method", "scflp", "--epochs", "1", "--train-limit", "640",
+            "--test-limit", "200", "--set", "compare=false", "--set", "energy_images=0"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "SCFLP on lenet-mnist" in text and "oracle (upper bound)" in text and "weight memory" in text
+    assert "not reached" in text  # 10 iterations, no pruning step (every 20), and the line says so

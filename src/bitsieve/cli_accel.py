@@ -54,7 +54,8 @@ def simulate(
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="A weights file's convs see this "
                                               "input, NxCxHxW (e.g. 1x3x224x224); the output says what was "
                                               "assumed."),
-    fmt: str = typer.Option("int16", "--format", help="Data format: int16, int8, int<b>, fp32, bf16, fp16."),
+    fmt: str = typer.Option("int16", "--format", help="Data format: int16, int8, int<b>, fp32, bf16, "
+                                                           "fp16 (FP8/MX formats are profile/prune/eval only)."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Also report speed-ups over this accelerator."),
     sets: List[str] = typer.Option([], "--set", help="Override a parameter: ACCEL.PARAM=VALUE "
                                    "(e.g. pragmatic.bits_first_stage=2)."),

@@ -82,9 +82,9 @@ def models(json_out: bool = typer.Option(False, "--json", help="Machine-readable
 def profile(
     model: str = typer.Argument(..., help="Built-in name, a .safetensors/.pt/.pth/.onnx file, or a checkpoint "
                                           "folder (config.json + *.safetensors) or its .safetensors.index.json."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="fp32, bf16, fp16, int8, int16, int<b>, int<b>tc, "
-                                                             "q<m>.<n> (default: the format the weights are "
-                                                             "stored in)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="fp32, bf16, fp16, fp8e4m3, mxfp4, int8, int<b>, "
+                                                             "... (all: bitsieve formats; default: the format the "
+                                                             "weights are stored in)."),
     group: int = typer.Option(64, "--group", help="Values per group along the dot-product axis (1..64)."),
     align: str = typer.Option("weight", "--align", help="Float alignment: weight (to the group's max exponent) or none."),
     activations: int = typer.Option(0, "--activations", help="Also profile the input activations captured on N real samples."),
@@ -408,10 +408,15 @@ def _eval_table(result: dict, json_out: bool) -> None:
         return
     unit = {"top1": "top-1 %", "accuracy": "accuracy %", "spearman": "Spearman x100",
             "next-token top1": "next-token top-1 %"}[result["metric"]]
-    t = Table("method", unit, "change", "bits removed %", "changed bits", "seconds",
-              title=f"{result['model']} on {result['task']} ({result['samples']} samples)")
+    t = Table("method", unit, "95% CI", "change", "95% CI (paired)", "n", "bits removed %", "changed bits",
+              "seconds", title=f"{result['model']} on {result['task']} ({result['samples']} samples)")
     for v in result["variants"]:
-        br = "" if v["bits_removed_frac"] is None else f"{100 * v['bits_removed_frac']:.1f}"
-        t.add_row(v["method"] or "(original)", f"{v['value']:.2f}", f"{v['delta']:+.2f}", br,
-                  f"{v['changed_bits']:,}", f"{v['seconds']:.1f}")
+        br = "" if v.get("bits_removed_frac") is None else f"{100 * v['bits_removed_frac']:.1f}"
+        ci = "" if v.get("ci_low") is None else f"[{v['ci_low']:.2f}, {v['ci_high']:.2f}]"
+        dci = "" if not v["method"] or v.get("delta_ci_low") is None else \
+            f"[{v['delta_ci_low']:+.2f}, {v['delta_ci_high']:+.2f}]"
+        t.add_row(v["method"] or "(original)", f"{v['value']:.2f}", ci, f"{v['delta']:+.2f}", dci,
+                  str(v.get("n", result["samples"])), br, f"{v.get('changed_bits', 0):,}", f"{v.get('seconds', 0):.1f}")
     out.print(t)
+    if result.get("saturated"):
+        out.print("the original's interval reaches the top of the scale: a change near zero says little here")

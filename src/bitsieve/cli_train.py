@@ -92,11 +92,13 @@ def train(
                                               help="bitpruner: accuracy points a kept round may lose against the "
                                                    "non-pruned model fine-tuned as long (0.5)."),
     epochs: Optional[float] = typer.Option(None, "--epochs",
-                                           help="bitpruner: fine-tuning epochs per round; scflp: training epochs."),
+                                           help="bitpruner: fine-tuning epochs per round; scflp: fine-tuning epochs "
+                                                "from the pretrained start (2)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="bitpruner: fine-tuning steps per round (overrides epochs)."),
     sparsity: Optional[float] = typer.Option(None, "--sparsity", help="scflp: final weight sparsity (0.9)."),
-    interval: Optional[int] = typer.Option(None, "--interval", help="scflp: prune every P iterations (100)."),
-    clp: Optional[str] = typer.Option(None, "--clp", help="scflp: stochastic, exhaustive or none."),
+    interval: Optional[int] = typer.Option(None, "--interval", help="scflp: prune every P iterations (20)."),
+    clp: Optional[str] = typer.Option(None, "--clp", help="scflp: headline coarse step, stochastic, exhaustive or "
+                                                          "none (the others also run unless --set compare=false)."),
     sets: List[str] = typer.Option([], "--set", help="Any other parameter: --set balance_drop=0.1 (repeatable)."),
     seed: int = typer.Option(0, "--seed", help="Seed of every random choice: same seed, same numbers."),
     train_limit: Optional[int] = typer.Option(None, "--train-limit", help="Train on the first N training samples."),
@@ -231,31 +233,7 @@ def _print_bitpruner(r: dict):
 
 
 def _print_scflp(r: dict):
-    out.print(f"[bold]SCFLP on {r['model']}[/] -- reconstruction from the abstracts (Kim et al. VLSI'20 / PNPU)")
-    out.print(f"dense training: accuracy {r['dense']['accuracy']:.2f}%   SCFLP: accuracy {r['scflp']['accuracy']:.2f}% "
-              f"(drop {r['accuracy_drop']:.2f} points), weight sparsity {100 * r['scflp']['weight_sparsity']:.1f}%, "
-              f"channels removed by CLP {sum(r['scflp']['channels_removed'].values())}")
-    pw = r["pruning_work"]
-    out.print(f"pruning work: {pw['computed']:,} similarity computations vs {pw['exhaustive']:,} for exhaustive CLP at "
-              f"the same {pw['steps']} steps: {100 * pw['saving']:.2f}% saved (MAC-weighted "
-              f"{100 * pw['saving_macs']:.2f}%; paper: {r['claims']['pruning_work_saving_pct']}%)")
-    t = Table(title=f"adaptive zero skipping on a PNPU lane model ({r['config']['lanes']} cores, balancer "
-                    f"{'on' if r['config']['balance'] else 'off'}): speed-up over dense training")
-    for col in ("phase", "zero in %", "zero W/dY %", "unneeded out %", "input only", "weight only",
-                "output only", "adaptive"):
-        t.add_column(col, justify="left" if col == "phase" else "right", no_wrap=True)
-    names = {"fp": "FP  Y = W X", "bp": "BP  dX = W^T dY", "wg": "WG  dW = dY X^T"}
-    for p, d in r["zero_skipping"]["phases"].items():
-        mid = d.get("skip_frac_weight", d.get("skip_frac_error"))
-        first = d["skip_frac_input"]
-        t.add_row(names[p], _num(100 * first, "{:.1f}"), _num(100 * mid, "{:.1f}"),
-                  _num(100 * d["skip_frac_output"], "{:.1f}"), _num(d["speedup_input_only"], "{:.2f}x"),
-                  _num(d["speedup_weight_only"], "{:.2f}x"), _num(d["speedup_output_only"], "{:.2f}x"),
-                  _num(d["speedup_adaptive"], "{:.2f}x"))
-    o = r["zero_skipping"]["overall"]
-    t.add_row("overall", "", "", "", _num(o["speedup_input_only"], "{:.2f}x"), _num(o["speedup_weight_only"], "{:.2f}x"),
-              _num(o["speedup_output_only"], "{:.2f}x"), _num(o["speedup_adaptive"], "{:.2f}x"), style="bold")
-    out.print(t)
-    out.print("BP input = zero dY, weight = zero W, output = dX not needed; WG input = zero X, 'weight' column = zero "
-              "dY, output = gradients of pruned weights. Paper: AIOWS 30.1x throughput over its reference processor "
-              "(a different baseline: a whole prior chip, not dense training on the same lanes).")
+    from .train import scflp
+
+    for part in scflp.render(r):
+        out.print(part)
