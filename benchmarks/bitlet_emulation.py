@@ -19,7 +19,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 from bitsieve import zoo  # noqa: E402
-from bitsieve.methods import bitlet  # noqa: E402
+from bitsieve.methods import bitlet_emulate as bitlet  # noqa: E402
 
 
 def main() -> None:

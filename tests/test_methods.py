@@ -2,6 +2,8 @@
 rules (BitWave bit-flip, BBS rounded averaging and zero-point shifting), properties, spec parsing, the
 model-level helper and the Bitlet forward-pass emulation against the PE model."""
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,7 +16,8 @@ from bitsieve.accel.bitlet_pe import f32_words, pe_dot_batch
 from bitsieve.errors import UserError
 from bitsieve.methods import REGISTRY, CONFIDENCE, apply_model, apply_tensor, parse_spec, parse_specs
 from bitsieve.methods.bbs import bbs, sensitive_channels
-from bitsieve.methods.bitlet import bitlet_matmul, emulate
+from bitsieve.methods.bitlet import bitlet_matmul
+from bitsieve.methods.bitlet_emulate import emulate
 from bitsieve.methods.bitwave import bitwave
 from bitsieve.methods.bitx import bitx
 from bitsieve.methods.bitxpro import bitxpro
@@ -535,7 +538,7 @@ def test_bitlet_emulator_cache_never_serves_a_freed_tensor():
     weights to a later tensor that CPython gives the same id (allocations of one size reuse memory)."""
     import gc
 
-    from bitsieve.methods.bitlet import Emulator
+    from bitsieve.methods.bitlet_emulate import Emulator
 
     em = Emulator(group=8)
     x = torch.randn(3, 16)
@@ -560,3 +563,16 @@ def test_bbs_beta_does_not_round_by_default():
     assert parse_spec("bbs").params["channels"] == 1
     assert sensitive_channels(s, 0.1).sum() == 10
     assert sensitive_channels(s, 0.1, channels=32).sum() == 32
+
+
+def test_methods_and_help_do_not_import_torch():
+    """Listing methods (every accelerator as a design, the training methods) and --help stay torch-free."""
+    code = ("import json, sys, io, contextlib; from bitsieve.cli import main; buf = io.StringIO()\n"
+            "with contextlib.redirect_stdout(buf): rc = main(['methods', '--json'])\n"
+            "rows = json.loads(buf.getvalue()); rc += main(['train', '--help']) + main(['simulate', '--help'])\n"
+            "print(len(rows), {r['kind'] for r in rows} == {'method', 'training', 'accelerator'}, "
+            "'torch' in sys.modules); sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    n, kinds, torch_loaded = r.stdout.split()[-3:]
+    assert int(n) > 20 and kinds == "True" and torch_loaded == "False"

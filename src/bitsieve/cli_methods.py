@@ -156,7 +156,7 @@ def methods_cmd(json_out: bool = typer.Option(False, "--json", help="Machine-rea
     """List every bit-level method and every accelerator model, with its source and confidence."""
     from .accel import ACCELERATORS
     from .methods import REGISTRY
-    from .train import bitpruner, scflp
+    from .train import SOURCES
 
     rows = []
     for m in REGISTRY.values():
@@ -164,10 +164,9 @@ def methods_cmd(json_out: bool = typer.Option(False, "--json", help="Machine-rea
                      "description": m.description, "applies": m.kind,
                      "params": [{"name": p.name, "type": p.kind, "default": p.default, "doc": p.doc,
                                  **({"choices": list(p.choices)} if p.choices else {})} for p in m.params]})
-    for mod, name, what in ((bitpruner, "bitpruner", "training: progressive, load-balanced pruning of weight bits"),
-                            (scflp, "scflp", "training: stochastic coarse-fine pruning + adaptive zero skipping")):
+    for name, (source, what) in SOURCES.items():
         rows.append({"kind": "training", "name": name, "confidence": "reconstructed (patent/abstract)",
-                     "source": mod.SOURCE, "description": what + " (bitsieve train)"})
+                     "source": source, "description": what + " (bitsieve train)"})
     from .designs import Design
 
     for name, acc in ACCELERATORS.items():

@@ -220,9 +220,9 @@ def computing(m, num: Numerics, steps=(), calib=None):
             if num.fixed:
                 stack.enter_context(evaluate.fixed_activations(m, fmt.name, calib))
             if num.forward:
-                from .methods import bitlet as bitlet_mod
+                from .methods.bitlet_emulate import emulate as bitlet_emulate
 
-                stack.enter_context(bitlet_mod.emulate(methods.parse_spec(num.forward).params))
+                stack.enter_context(bitlet_emulate(methods.parse_spec(num.forward).params))
             yield m
     finally:
         for L, w in zip(layers, saved):

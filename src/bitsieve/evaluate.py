@@ -38,7 +38,7 @@ import torch
 from . import data, formats, lanes, methods, stats
 from . import model as model_mod
 from .errors import UserError
-from .methods import bitlet as bitlet_mod
+from .methods.bitlet_emulate import emulate as bitlet_emulate
 
 TASKS = ("imagenet", "mnist", "faces", "stsb")
 METRIC = {"imagenet": "top1", "mnist": "top1", "faces": "accuracy", "stsb": "spearman"}
@@ -273,7 +273,7 @@ def applied(m: model_mod.Model, steps: list, counts: dict):
             counts["changed_bits"] = sum(r.changed_bits for r in res)
             counts["layers"] = [r.as_dict() for r in res]
         if fwd:
-            with bitlet_mod.emulate(fwd[0].params):
+            with bitlet_emulate(fwd[0].params):
                 yield
         else:
             yield

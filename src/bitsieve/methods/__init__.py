@@ -5,7 +5,7 @@ documented parameters and defaults, plus metadata: its source, a confidence labe
 one-line description. ``REGISTRY`` lists them; ``parse_spec`` turns ``"bitx:keep=5,score=l1"`` into a
 ``Step``; ``apply_tensor`` / ``apply_model`` apply a method or a composed list of methods (in order) and
 count the changed bits per layer. ``bitlet`` is different: it changes the forward pass (activations too), so
-it runs as an emulated forward pass (``bitsieve.methods.bitlet.emulate``), never as a weight rewrite.
+it runs as an emulated forward pass (``bitsieve.methods.bitlet_emulate.emulate``), never as a weight rewrite.
 """
 from __future__ import annotations
 

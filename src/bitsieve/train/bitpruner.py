@@ -47,10 +47,10 @@ from .. import formats, planes, stats
 from ..errors import UserError
 from ..profile import counts, merge
 from ..profile import stats as profile_stats
-from . import accel_bridge, bits
+from . import SOURCES, accel_bridge, bits
 from .loop import Checkpoints, FitConfig, Reporter, correct, fit, task_data, trainable_layers
 
-SOURCE = "BitPruner (Zhao et al., DAC'20), reconstructed from the abstract: methods.md section 5 [I, low]"
+SOURCE = SOURCES["bitpruner"][0]
 CLAIMS = {"bit_sparsity_pct": 94.4, "speedup_vs_nonpruned": 2.1, "speedup_vs_weight_pruned": 1.5}
 #: designs whose lock-step lane groups BitPruner can balance for, and what sets a group's time on each
 #: (methods.md 7.2 BitSim variant, 7.3, 2.4, 8.1): the heaviest weight, the densest plane, the non-zero planes.

@@ -45,12 +45,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
+from . import SOURCES
 from .loop import (Checkpoints, FitConfig, Reporter, accuracy, derive_seed, fit, task_data, trainable_layers)
 from .pnpu_hw import WeightMemory, efficiency
 from .scflp_models import start_model
 
-SOURCE = ("Kim et al. VLSI'20 / PNPU SSC-L'21, reconstructed from the abstracts and a third-party summary: "
-          "methods.md section 6 [I, low-medium]")
+SOURCE = SOURCES["scflp"][0]
 #: the abstracts' figures, each against its own baseline
 CLAIMS = {"pruning_work_saving_pct": 99.7, "aiows_throughput_x": 30.1, "weight_sparsity_pct": 90.0,
           "tops_per_w": 146.52, "energy_vs_prior_x": 5.79}
