@@ -1,6 +1,6 @@
 """Hostile and broken inputs through the real CLI (issue 14): each gives one line on stderr and exit code 2 (130
 on Ctrl-C), allocates nothing unbounded, and leaves every file it did not own as it was. The inputs are built
-in tmp_path; everything runs in-process except what needs a real process (stdout on /dev/full)."""
+in tmp_path; the table-driven cases run in-process, the generated ones through the CLI in a memory-limited process."""
 from __future__ import annotations
 
 import json
@@ -19,7 +19,6 @@ import torch
 from safetensors.torch import save_file
 
 from bitsieve import cli, results
-from bitsieve.errors import one_line
 from bitsieve.io import folder_lock, write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -371,16 +370,57 @@ def _seed_file(suffix: str, folder: Path) -> bytes:
     return p.read_bytes()
 
 
-@FUZZ
-@given(suffix=st.sampled_from([".safetensors", ".pt", ".onnx"]), data=st.data())
-def test_damaged_model_files_fail_in_one_line(suffix, data, tmp_path_factory):
-    """Flipped, cut and inserted bytes anywhere in a model file (headers, pickles, protos): the load succeeds
-    or ends in one UserError; nothing else escapes."""
-    from bitsieve import model as model_mod
-    from bitsieve.errors import UserError
+#: a long-lived CLI process under a memory limit: each line on stdin is one command (a JSON list of arguments),
+#: answered by one JSON line with its exit code and stderr; the heavy imports come first, then 1.5 GiB of
+#: address space more than they took, so an unbounded allocation dies here instead of passing unnoticed
+CLI_WORKER = """
+import contextlib, io, json, resource, sys
+from bitsieve import cli, model, planes, profile
+import torch
+vm = int(next(line for line in open("/proc/self/status") if line.startswith("VmSize")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (3 << 29), vm + (3 << 29)))
+for line in sys.stdin:
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            rc = cli.main(json.loads(line))
+        except BaseException as e:  # what escaped the CLI: the test fails on it
+            rc = f"escaped {type(e).__name__}: {e}"
+    print(json.dumps({"rc": rc, "err": err.getvalue()}), flush=True)
+"""
 
-    folder = tmp_path_factory.mktemp("fuzz")
-    raw = bytearray(_seed_file(suffix, folder))
+
+@pytest.fixture(scope="module")
+def cli_worker():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-c", CLI_WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+
+    def call(*args) -> tuple[object, str]:
+        p.stdin.write(json.dumps([str(a) for a in args]) + "\n")
+        p.stdin.flush()
+        reply = p.stdout.readline()
+        assert reply, f"the CLI process died (memory limit?): {p.stderr.read()[-2000:]}"
+        r = json.loads(reply)
+        return r["rc"], r["err"]
+
+    yield call
+    p.stdin.close()
+    p.wait(timeout=30)
+
+
+class Payload:
+    """Pickled, it asks the unpickler to create its mark file: the file exists only if the pickle's code ran."""
+
+    def __init__(self, mark: Path):
+        self.mark = mark
+
+    def __reduce__(self):
+        return (Path.touch, (self.mark,))
+
+
+def _damaged(raw: bytearray, data) -> bytes:
+    """Flipped, cut and inserted bytes anywhere (headers, pickles, protos)."""
     for _ in range(data.draw(st.integers(1, 4))):
         at = data.draw(st.integers(0, len(raw) - 1))
         op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
@@ -392,24 +432,43 @@ def test_damaged_model_files_fail_in_one_line(suffix, data, tmp_path_factory):
                 raw = bytearray(b"\0")
         else:
             raw[at:at] = data.draw(st.binary(min_size=1, max_size=16))
+    return bytes(raw)
+
+
+def _one_clean_line(rc, err: str) -> None:
+    assert rc in (0, 2), (rc, err)
+    assert "Traceback" not in err and (rc == 0 or len(err.strip().splitlines()) == 1), err
+
+
+@FUZZ
+@given(suffix=st.sampled_from([".safetensors", ".pt", ".pt+payload", ".onnx"]), data=st.data())
+def test_damaged_model_files_through_the_cli(suffix, data, cli_worker, tmp_path_factory):
+    """Damaged model files (a .pt seed may carry a code payload) through `bitsieve profile` in the memory-limited
+    CLI process: exit 0 or 2 with one line, no traceback, no file in the folder changed, the payload never ran."""
+    folder = tmp_path_factory.mktemp("fuzz")
+    mark = folder / "PAYLOAD_RAN"
+    if suffix == ".pt+payload":
+        suffix = ".pt"
+        torch.save({"fc.weight": torch.randn(4, 8), "x": Payload(mark)}, folder / "seed.pt")
+        seed = (folder / "seed.pt").read_bytes()
+    else:
+        seed = _seed_file(suffix, folder)
     p = folder / f"m{suffix}"
-    p.write_bytes(bytes(raw))
-    try:
-        model_mod.load(str(p))
-    except UserError as e:
-        assert "\n" not in one_line(str(e))
+    p.write_bytes(_damaged(bytearray(seed), data))
+    before = snapshot(folder)
+    _one_clean_line(*cli_worker("profile", p, "--json"))
+    assert not mark.exists() and snapshot(folder) == before
 
 
 @FUZZ
 @given(text=st.text(alphabet=st.sampled_from(list('[]{}=,."#\n abc123-_')), max_size=300))
-def test_malformed_sweep_files_fail_in_one_line(text):
-    from bitsieve.errors import UserError
-    from bitsieve.study.sweepfile import parse
-
-    try:
-        parse("fuzz.toml", text=text)
-    except UserError:
-        pass
+def test_malformed_sweep_files_through_the_cli(text, cli_worker, tmp_path_factory):
+    """Malformed sweep files through `bitsieve sweep` in the CLI process: one line, exit 2, nothing created."""
+    folder = tmp_path_factory.mktemp("sweepfuzz")
+    (folder / "s.toml").write_text(text)
+    rc, err = cli_worker("sweep", folder / "s.toml", "-o", folder / "out")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert sorted(q.name for q in folder.iterdir()) == ["s.toml"]
 
 
 def test_a_sweep_removes_a_killed_runs_temporary_csv(sweep_file, tmp_path, capsys):
