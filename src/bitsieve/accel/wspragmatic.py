@@ -1,9 +1,12 @@
 """Weight-serial Bit-Pragmatic as the BBS authors re-implemented it in BitSim (``sim/sim/pragmatic.py``).
 
-Source: BitSim ``sim/sim/pragmatic.py`` (``_calc_cycle_conv2d``/``_dwconv``/``_fc``: per tile,
-``torch.max(torch.sum(tile, dim=0))`` over the bit planes of 8-bit sign-magnitude weights, so a tile costs the
-ones of its heaviest weight, sign bit included) and ``sim/test_pragmatic.py`` (``Pragmatic(8, 8, 8, [2, 16])``:
-8-lane PEs, 2 rows x 16 columns); methods.md 7.2 (BitSim variant). Confidence: reference code.
+Source: BitSim (yc2367/BitSim) commit 6845fad, ``sim/sim/pragmatic.py`` (``_calc_cycle_conv2d``/``_dwconv``/
+``_fc``: per tile, ``torch.max(torch.sum(tile, dim=0))`` over the bit planes of 8-bit sign-magnitude weights, so a
+tile costs the ones of its heaviest weight, sign bit included) and ``sim/test_pragmatic.py``
+(``Pragmatic(8, 8, 8, [32, 16])``: 8-lane PEs, 32 rows x 16 columns, the defaults here); methods.md 7.2 (BitSim
+variant). Confidence: reference code. ``rows = 2`` is the array of the earlier scripts (14fda20, 236ba3c:
+``[2, 16]``, same cycle code). tests/test_bitsim_parity.py checks the defaults against BitSim's own code, layer
+by layer.
 
 This is the reading of Pragmatic that BitPruner's abstract targets: weights are the serial operand, each lane
 shifts a bit-parallel activation by one essential bit of its weight per cycle, and the lanes and PE rows of a
