@@ -98,6 +98,7 @@ OURS = {
                               "rows": 2, "columns": 16}, 0),
     "bitlet_g64": ("bitlet", {"count": "ones", "int_planes": "twos", "variant": "pipelined", "group": 64,
                               "rows": 1, "columns": 1}, 0),
+    "pragmatic": ("pragmatic-ws", {}, 0),  # at its defaults: BitSim's Pragmatic(8, 8, 8, [32, 16])
 }
 
 
@@ -168,6 +169,15 @@ def test_bitwave_method_and_design_reproduce_bitsims_evaluation(config, k):
             if isinstance(per[x.name], dict):
                 continue
             assert cycles("bitwave", layers(name)[x.name][0], {}, r.weight) == per[x.name], (name, x.name)
+
+
+def test_pragmatic_ws_defaults_are_bitsims_call():
+    """pragmatic-ws's default array is the one the table ran: Pragmatic(8, 8, G, [R, C]) -> group, rows, columns;
+    BitSim counts the sign plane (count=bitsim) on every layer the table holds."""
+    call = CYCLES["configs"]["pragmatic"]["call"]
+    cfg = ACCELERATORS["pragmatic-ws"].configure({})
+    assert call == f"Pragmatic(8, 8, {cfg['group']}, [{cfg['rows']}, {cfg['columns']}], MODEL)", call
+    assert cfg["count"] == "bitsim"
 
 
 def test_bitlet_rtl_timing_is_bitsims_groups_plus_the_rtl_period():

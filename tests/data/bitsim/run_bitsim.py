@@ -96,6 +96,7 @@ def bitsim_configs():
          {"en_bbs": True, "en_lsb_pruning": False, "en_ol_channel": True, "en_eager_compression": True}),
         ("bitlet_g32", "Bitlet", (8, 8, 32, [2, 16]), {}),
         ("bitlet_g64", "Bitlet", (8, 8, 64, [1, 1]), {}),
+        ("pragmatic", "Pragmatic", (8, 8, 8, [32, 16]), {}),
     ]
 
 
@@ -104,7 +105,7 @@ def run_bitsim(root: Path, per_model: dict, sensitive: dict) -> dict:
 
     sys.path[:0] = [str(root / "sim"), str(root / "sim" / "hw" / "mem")]
     from hw import accelerator as hw_acc  # noqa: E402  (BitSim)
-    from sim import bitlet, bitvert, bitwave, stripes  # noqa: E402  (BitSim)
+    from sim import bitlet, bitvert, bitwave, pragmatic, stripes  # noqa: E402  (BitSim)
 
     state = {}
 
@@ -127,7 +128,7 @@ def run_bitsim(root: Path, per_model: dict, sensitive: dict) -> dict:
     hw_acc.Accelerator.DEVICE = "cpu"
     bitvert.BitVertProfiler = Profiler
     classes = {"Stripes": stripes.Stripes, "Bitwave": bitwave.Bitwave, "BitVert": bitvert.BitVert,
-               "Bitlet": bitlet.Bitlet}
+               "Bitlet": bitlet.Bitlet, "Pragmatic": pragmatic.Pragmatic}
     for cls in classes.values():  # memory set-up (CACTI) does not enter compute cycles
         for fn in ("_init_mem", "_check_layer_mem_size", "_calc_num_mem_refetch"):
             setattr(cls, fn, lambda self: None)
