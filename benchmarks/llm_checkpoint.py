@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--dir", default="/tmp")
     ap.add_argument("--prune", action="store_true", help="also prune (bitx) into a second folder")
+    ap.add_argument("--simulate", default="", help="also simulate, streamed, on these designs (e.g. bitx,bitvert)")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(dir=a.dir, prefix="bitsieve-llm-"))
     try:
@@ -109,6 +110,11 @@ def main() -> None:
             wall, rss, _ = measure(["prune", str(work / "llama"), "--method", "bitx:keep=4", "-o",
                                     str(work / "pruned"), "--json"])
             print(f"prune: {wall:.0f} s, peak RSS {rss:.2f} GB", flush=True)
+        if a.simulate:
+            wall, rss, out = measure(["simulate", str(work / "llama"), "--accel", a.simulate, "--format", "bf16",
+                                      "--tokens", "1", "--json"])
+            print(f"simulate ({a.simulate}, tokens 1): {wall:.0f} s, peak RSS {rss:.2f} GB", flush=True)
+            print(out[:2000], flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
