@@ -189,6 +189,22 @@ def test_ctrl_c_exits_130(model_pt, capsys, monkeypatch):
     assert "interrupted" in fails(capsys, "profile", model_pt, code=130)
 
 
+def test_compare_and_eval_on_broken_models(tmp_path, capsys):
+    """compare on a file that is no model: its one line before any worker starts; eval of a pruned file with a
+    NaN written into it: refused, not scored 0 %."""
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a model")
+    assert "corrupted or not a PyTorch file" in fails(capsys, "compare", bad)
+    from safetensors.numpy import load_file, save_file
+
+    p = tmp_path / "p.safetensors"
+    assert run(capsys, "prune", "lenet-mnist", "--method", "bitx:keep=4", "-o", p)[0] == 0
+    d = {k: v.copy() for k, v in load_file(p).items()}
+    next(iter(d.values())).flat[0] = np.nan
+    save_file(d, p, metadata={"format": "pt"})
+    assert "NaN or Inf" in fails(capsys, "eval", p, "--limit", "10")
+
+
 # ---- bad values ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("args, words", [
     (["profile", "{m}", "--activations", "-1"], "--activations"),
