@@ -24,9 +24,16 @@ import numpy as np
 
 from . import formats
 from .errors import UserError
-from .planes import Planes, pack
+from .planes import Planes, join, pack
 
 MODES = ("auto", "channel", "tap", "flat")
+
+# ``pack_weight`` packs a weight of more lane values than this in chunks of whole filters (about this many
+# lane values each) and joins their planes: packing takes transient memory of some 40 bytes per value
+# (float64 quantisation, the lanes, the format round trip, raw patterns and the kernel's outputs), against ~5
+# for the planes it keeps, so an LLM head of 131 M values peaked at 5.4 GB in one go. 8 Mi values bound that
+# transient at a few hundred MB whatever the tensor's size, while each chunk stays long enough for the kernel.
+CHUNK_VALUES = 1 << 23
 
 
 def _ceil(a: int, b: int) -> int:
@@ -170,14 +177,43 @@ def pack_weight(weight, fmt, G: int, mode: str = "auto", align: str = "none", *,
     """THE grouping function: a weight in ``fmt``'s lanes of ``G`` per group, its layout. ``values()`` of the
     planes are real weights in lanes; ``from_lanes`` puts them back. ``round_to``: round float values to that
     float format first (bf16 data in an fp32 datapath); for an integer container, the data's integer format whose
-    grid the values follow (``quantized``)."""
+    grid the values follow (``quantized``).
+
+    A weight of more than ``CHUNK_VALUES`` lane values is packed a chunk of whole filters at a time and the
+    chunks' planes joined (``planes.join``): the result is the one-go packing, field for field, because every
+    step is per filter. The layout depends on the shape only through a filter's (c_w, kh, kw), never on the
+    number of filters (a grouped or depthwise conv's weight is already per filter, [O, C / groups, kh, kw], and
+    BitXpro's tiles of lock-step filters are formed from the planes afterwards); a group never leaves its
+    filter; float rounding is per value, MX blocks run along a group's lanes, and integer scales are per output
+    channel, from the same rows of ``reference``. A ``reference`` that is not the weight's size goes in one go
+    (and fails there as it always did)."""
     fmt = formats.get(fmt) if isinstance(fmt, str) else fmt
     w = np.asarray(weight, dtype=np.float32)
     lay = layout(w.shape, G, mode)
+    O, per_filter = lay.shape[0], lay.J * G
+    step = max(1, CHUNK_VALUES // max(per_filter, 1))
+    per_channel = not fmt.is_float and not (fmt.frac or fmt.name.startswith("q"))  # scales from reference
+    if reference is not None and per_channel:
+        reference = np.asarray(reference, np.float32)
+        if reference.size != w.size:
+            step = O
+        else:
+            reference = reference.reshape(w.shape)
+    if step >= O:
+        return _pack_filters(w, fmt, lay, align, reference, round_to), lay
+    ref = reference if per_channel else None
+    parts = (_pack_filters(w[o:o + step], fmt, replace(lay, shape=(len(w[o:o + step]),) + lay.shape[1:]), align,
+                           None if ref is None else ref[o:o + step], round_to) for o in range(0, O, step))
+    return join(parts, (O, lay.J, G)), lay
+
+
+def _pack_filters(w, fmt, lay, align, reference, round_to) -> Planes:
+    """``pack_weight`` of the filters ``w`` in the layout ``lay`` (whose shape they are), in one go."""
     grid = formats.get(round_to) if round_to and not fmt.is_float else None
     q, scale = quantized(w, fmt, reference, None if grid is None or grid.is_float else grid)
     vals = to_lanes(q, lay)
+    del q
     if round_to and fmt.is_float:
         r = formats.get(round_to)
         vals = r.decode(r.encode(vals)).astype(np.float32)
-    return pack_lanes(vals, fmt, align if fmt.is_float else "none", lay, scale), lay
+    return pack_lanes(vals, fmt, align if fmt.is_float else "none", lay, scale)

@@ -218,6 +218,56 @@ def pack(x, fmt="fp32", group: int = 64, align: str = "none", axis: int | None =
     return pack_raw(fmt.encode(q), fmt, group, align, axis, scale=scale)
 
 
+def join(parts, shape=None) -> Planes:
+    """The planes of a tensor from the planes of its consecutive slices along axis 0, each packed alike
+    (same format, group, alignment and dot-product axis, which must not be axis 0): exactly what packing the
+    whole tensor in one go gives, since its groups run row by row with axis 0 outermost. Per-group arrays are
+    joined in order, ``scale`` (one per index of axis 0, or None) too, and ``shape`` is the parts' shape with
+    axis 0 summed. ``parts`` may be a generator: with the whole tensor's ``shape`` given, each part is copied
+    into the result as it arrives, so no more than one part is alive besides the result."""
+    if shape is None:
+        parts = list(parts)
+        shape = (sum(int(p.shape[0]) for p in parts),) + (tuple(parts[0].shape[1:]) if parts else ())
+    shape = tuple(int(s) for s in shape)
+    per_group = ("words", "signs", "nonzero", "exps", "gexp", "lost", "lane_valid", "bexp")
+    first, out, n, rows = None, {}, 0, 0
+    for p in parts:
+        if first is None:
+            first = p
+            if p.axis == 0 or len(p.shape) < 2 or tuple(p.shape[1:]) != shape[1:]:
+                raise ValueError(f"join: planes of shape {p.shape} (axis {p.axis}) are no slice of {shape} "
+                                 "along axis 0")
+            total = replace(p, shape=shape).rows * p.groups_per_row
+            for k in per_group:
+                v = getattr(p, k)
+                out[k] = None if v is None else np.empty((total,) + v.shape[1:], v.dtype)
+            if p.exps is not None and p.exps.shape[0] != p.n_groups:  # ints: exps is an empty [0, G]
+                out["exps"] = p.exps
+            out["scale"] = None if p.scale is None else np.empty(shape[0], np.float64)
+        elif (p.fmt, p.group, p.align, p.axis, tuple(p.shape[1:])) != \
+                (first.fmt, first.group, first.align, first.axis, tuple(first.shape[1:])):
+            raise ValueError("join: the planes are not packed alike")
+        m, r = p.n_groups, int(p.shape[0])
+        for k, a in out.items():
+            v = getattr(p, k)
+            if (a is None) != (v is None):
+                raise ValueError(f"join: {k} is set in some parts only")
+            if a is None or a is first.exps:
+                continue
+            if k == "scale":
+                v = np.asarray(v, np.float64).reshape(-1)
+                if v.size != r:
+                    raise ValueError("join: a part's scale is not one per index of axis 0")
+                a[rows:rows + r] = v
+            else:
+                a[n:n + m] = v
+        n, rows = n + m, rows + r
+    if first is None:
+        raise ValueError("join: no planes to join")
+    if rows != shape[0] or n != out["words"].shape[0]:
+        raise ValueError(f"join: the parts cover {rows} of {shape[0]} slices along axis 0")
+    return Planes(first.fmt, first.group, first.align, shape, first.axis, **out)
+
 # ---- kernels ----------------------------------------------------------------------------------------
 # Groups are packed 64 lanes at a time (P = 64 // G groups share one pass, so small groups stay cheap):
 #   1. copy the raw values into a 64-lane scratch (zero padding); floats also store their effective
