@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
+from . import formats
 from .cli import app, interrupt_note, out
 from .errors import UserError
 
@@ -216,20 +217,38 @@ def _print_bitpruner(r: dict):
         best_n = max((p["speedup_vs_nonpruned"][d] or 0) for d in ws) if ws else 0
         best_m = max((p["speedup_vs_magnitude"][d] or 0) for d in ws) if ws else 0
 
-        def verdict(x, claim):
+        byname = {v["name"]: v for v in f["variants"]}
+        zw = {k: byname[k]["stats"]["total"]["weight_sparsity"] for k in ("non-pruned FT", "magnitude FT")}
+        no_weight_pruning = zw["magnitude FT"] - zw["non-pruned FT"] < 0.01
+
+        def verdict(x, claim, magnitude=False):
+            if magnitude and no_weight_pruning:
+                return (f"not a test: matched to BitPruner's zero weights, the magnitude model has "
+                        f"{100 * zw['magnitude FT']:.2f}% zero weights, about as many as the non-pruned one")
             if x < claim:
                 return "not reproduced"
             return "reproduced on the best" if p["within_tolerance"] else "speed-up reached, accuracy outside the tolerance"
 
         out.print(f"paper (abstract): bit sparsity up to {c['bit_sparsity_pct']}% with negligible loss; "
                   f"{c['speedup_vs_nonpruned']}x over non-pruned, {c['speedup_vs_weight_pruned']}x over weight-pruned")
+        k, mag = f["budget"], formats.get(fmt).nbits  # the magnitude planes
+        bound = "" if k is None else (f"; {k} of {mag} magnitude bits per weight puts it at >= "
+                                      f"{100 * (1 - k / mag):.1f}% by construction")
         out.print(f"here ({fmt}): bit sparsity {p['bit_sparsity_pct']:.1f}% "
-                  f"({'reproduced' if p['bit_sparsity_reproduced'] else 'not reproduced'}); accuracy change "
+                  f"({'reproduced' if p['bit_sparsity_reproduced'] else 'not reproduced'}{bound}); accuracy change "
                   f"{_num(bp.get('change'), '{:+.2f}')} points ({'within' if p['within_tolerance'] else 'outside'} "
                   f"the tolerance); over non-pruned FT {spn} "
                   f"({verdict(best_n, c['speedup_vs_nonpruned'])}); "
                   f"over magnitude FT {spm} "
-                  f"({verdict(best_m, c['speedup_vs_weight_pruned'])})")
+                  f"({verdict(best_m, c['speedup_vs_weight_pruned'], magnitude=True)})")
+        ro = byname.get("rounding+balance")
+        if ro is not None and bp["budget"] is not None and ws:
+            same = all(abs(bp["speedup_vs_nonpruned"][d] - ro["speedup_vs_nonpruned"][d]) < 0.005 for d in ws)
+            out.print(f"what training adds ({fmt}): {bp['accuracy'] - ro['accuracy']:+.2f} points over rounding to the "
+                      f"same budget without training; speed-ups "
+                      + ("the same: the budget, not the training, sets them" if same else
+                         ", ".join(f"{d} {bp['speedup_vs_nonpruned'][d]:.2f}x vs {ro['speedup_vs_nonpruned'][d]:.2f}x"
+                                   for d in ws)))
 
 
 def _print_scflp(r: dict):
