@@ -94,8 +94,12 @@ def test_eval_table_and_json(capsys):
     rc, out, _ = run(capsys, "eval", "lenet-mnist", "--method", "bitx:keep=1", "--method", "bitwave",
                      "--limit", "200")
     assert rc == 0 and "bitx:keep=1" in out and "bitwave" in out
+    table = out
     rc, out, _ = run(capsys, "eval", "lenet-mnist", "--method", "bitx:keep=1", "--limit", "200", "--json")
     r = json.loads(out)
+    o, v = r["variants"]  # the table prints each interval, n and the paired change's interval
+    assert f"[{o['ci_low']:.2f}, {o['ci_high']:.2f}]" in table and f" {o['n']} " in table
+    assert f"[{v['delta_ci_low']:+.2f}, {v['delta_ci_high']:+.2f}]" in table
     assert r["samples"] == 200 and r["variants"][0]["method"] == "" and r["variants"][1]["delta"] < 0
     assert any(row["metric"] == "accuracy_delta" for row in r["rows"])
 

@@ -410,12 +410,10 @@ def _eval_table(result: dict, json_out: bool) -> None:
     t = Table("method", unit, "95% CI", "change", "95% CI (paired)", "n", "bits removed %", "changed bits",
               "seconds", title=f"{result['model']} on {result['task']} ({result['samples']} samples)")
     for v in result["variants"]:
-        br = "" if v.get("bits_removed_frac") is None else f"{100 * v['bits_removed_frac']:.1f}"
-        ci = "" if v.get("ci_low") is None else f"[{v['ci_low']:.2f}, {v['ci_high']:.2f}]"
-        dci = "" if not v["method"] or v.get("delta_ci_low") is None else \
-            f"[{v['delta_ci_low']:+.2f}, {v['delta_ci_high']:+.2f}]"
-        t.add_row(v["method"] or "(original)", f"{v['value']:.2f}", ci, f"{v['delta']:+.2f}", dci,
-                  str(v.get("n", result["samples"])), br, f"{v.get('changed_bits', 0):,}", f"{v.get('seconds', 0):.1f}")
+        br = "" if v["bits_removed_frac"] is None else f"{100 * v['bits_removed_frac']:.1f}"
+        dci = "" if not v["method"] else f"[{v['delta_ci_low']:+.2f}, {v['delta_ci_high']:+.2f}]"
+        t.add_row(v["method"] or "(original)", f"{v['value']:.2f}", f"[{v['ci_low']:.2f}, {v['ci_high']:.2f}]",
+                  f"{v['delta']:+.2f}", dci, str(v["n"]), br, f"{v['changed_bits']:,}", f"{v['seconds']:.1f}")
     out.print(t)
     if result.get("saturated"):
         out.print("the original's interval reaches the top of the scale: a change near zero says little here")
