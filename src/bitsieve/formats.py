@@ -82,6 +82,11 @@ class Format:
         return self.kind == "float"
 
     @property
+    def fixed(self) -> bool:
+        """Fixed point Q(m.n): a fixed scale 2^-n, not a per-channel scale taken from the data."""
+        return not self.is_float and bool(self.frac or self.name.startswith("q"))
+
+    @property
     def nbits(self) -> int:
         """Significance planes per value: float significand with hidden bit, int magnitude (or all bits, tc)."""
         if self.is_float:
@@ -251,7 +256,7 @@ class Format:
                             f"integer grid to quantise to: use int{self.width} here")
         if self.is_float:
             raise UserError(f"{self.name} is a float format: nothing to quantise")
-        if self.frac or self.name.startswith("q"):
+        if self.fixed:
             s = np.float64(self.scale_of())
             return np.clip(np.rint(x / s), -self.qmax, self.qmax).astype(np.int64), np.asarray(s)
         if axis is None or x.ndim == 0:

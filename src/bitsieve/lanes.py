@@ -149,7 +149,7 @@ def quantized(w: np.ndarray, fmt: formats.Format, reference=None,
     int10tc, so zero-point-shifted weights beyond +-127 are kept, not clipped); values clip to ``fmt``."""
     if fmt.is_float:
         return np.asarray(w, np.float32), None
-    if fmt.frac or fmt.name.startswith("q"):
+    if fmt.fixed:
         return fmt.quantize(w, axis=0)[0], None
     ref = w if reference is None else np.asarray(reference, np.float32).reshape(np.shape(w))
     _, scale = (grid or fmt).quantize(ref, axis=0)
@@ -192,7 +192,7 @@ def pack_weight(weight, fmt, G: int, mode: str = "auto", align: str = "none", *,
     lay = layout(w.shape, G, mode)
     O, per_filter = lay.shape[0], lay.J * G
     step = max(1, CHUNK_VALUES // max(per_filter, 1))
-    per_channel = not fmt.is_float and not (fmt.frac or fmt.name.startswith("q"))  # scales from reference
+    per_channel = not fmt.is_float and not fmt.fixed  # scales from reference
     if reference is not None and per_channel:
         reference = np.asarray(reference, np.float32)
         if reference.size != w.size:

@@ -213,7 +213,7 @@ def pack(x, fmt="fp32", group: int = 64, align: str = "none", axis: int | None =
     if fmt.is_float or np.issubdtype(x.dtype, np.integer):
         return pack_raw(fmt.encode(x), fmt, group, align, axis)
     q, scale = fmt.quantize(x, axis=0 if per_channel and x.ndim >= 2 else None)
-    if fmt.frac or fmt.name.startswith("q"):
+    if fmt.fixed:
         scale = None  # fixed point: the format's own scale
     return pack_raw(fmt.encode(q), fmt, group, align, axis, scale=scale)
 

@@ -152,7 +152,7 @@ def bbs(p: Planes, *, k: int = 2, mode: str = "rounded", beta: float = 0.1, grou
 
 def layout(params: dict):
     f = check_format(params["format"], "bbs", floats=False, twos=True)
-    if f.frac or f.name.startswith("q"):
+    if f.fixed:
         raise UserError(f"bbs: needs a plain integer format int<b>, got {f.name}")
     if f.width > 30:
         raise UserError(f"bbs: at most 30-bit integers, got {f.name}")
